@@ -1,0 +1,110 @@
+"""Frozen-backbone features, computed once and cached (in memory and on disk).
+
+The cache key hashes the backbone's weights, its pooling, and the exact encoded inputs, so a changed model,
+tokenizer, ``max_length`` or data never reuses a stale file. Every epoch of a linear probe, and every k and
+seed of a few-shot ladder, then costs no backbone forward pass.
+
+Example:
+    >>> feats = cached_features(model, encoded["train"], collate, accelerator)  # doctest: +SKIP
+    >>> feats["features"].shape  # doctest: +SKIP
+    torch.Size([10246, 384])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from datasets import Dataset
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from hftl.data import LengthGroupedBatches
+
+log = logging.getLogger(__name__)
+_MEMORY: dict[str, dict[str, torch.Tensor]] = {}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HFTL_CACHE", Path.home() / ".cache" / "hftl")) / "features"
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Hash of the backbone weights and the pooling: what determines the features."""
+    h = hashlib.sha256(str(getattr(model.config, "pooling", "")).encode())
+    for name, tensor in model.backbone.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu", torch.float32).numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def data_fingerprint(ds: Dataset) -> str:
+    """Hash of the encoded inputs themselves (not of file names): any preprocessing change shows."""
+    h = hashlib.sha256()
+    for column in sorted(c for c in ds.column_names if c != "length"):
+        for row in ds.with_format("numpy")[column]:
+            h.update(np.ascontiguousarray(row).tobytes())
+    return h.hexdigest()[:24]
+
+
+@torch.no_grad()
+def compute_features(model, loader, accelerator: Accelerator) -> dict[str, torch.Tensor]:
+    """Pooled backbone output and labels for every example, in loader order, gathered across processes."""
+    model.eval()
+    feats, labels = [], []
+    for batch in tqdm(loader, desc="features", leave=False, disable=not accelerator.is_local_main_process):
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "length")}
+        with accelerator.autocast():
+            f = model.features(**inputs)
+        f, y = accelerator.gather_for_metrics((f.float().contiguous(), batch["labels"]))
+        feats.append(f.cpu())
+        labels.append(y.cpu())
+    return {"features": torch.cat(feats), "labels": torch.cat(labels)}
+
+
+def cached_features(model, ds: Dataset, collate, accelerator: Accelerator, batch_size: int = 128, *,
+                    disk: bool = True) -> dict[str, torch.Tensor]:
+    """Features of ``ds`` (rows in dataset order) from memory, disk, or one backbone pass (then kept in both)."""
+    key = f"{model_fingerprint(model)}-{data_fingerprint(ds)}"
+    if key in _MEMORY:
+        return _MEMORY[key]
+    path = cache_dir() / f"{key}.safetensors"
+    if disk and path.exists():
+        log.info("features from cache %s", path)
+        _MEMORY[key] = load_file(str(path))
+        return _MEMORY[key]
+    # One process: batches sorted by length (least padding), put back in order after. Several: plain order.
+    group = accelerator.num_processes == 1 and "length" in ds.column_names
+    batches = LengthGroupedBatches(ds["length"] if group else [0] * len(ds), batch_size, shuffle=False, group=group)
+    loader = accelerator.prepare(DataLoader(ds, batch_sampler=batches, collate_fn=collate))
+    out = compute_features(model, loader, accelerator)
+    order = torch.as_tensor([i for batch in batches for i in batch])
+    out = {k: v[order.argsort()] for k, v in out.items()}
+    if disk and accelerator.is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file(out, str(tmp))
+        tmp.rename(path)
+    _MEMORY[key] = out
+    return out
+
+
+def as_feature_datasets(model, encoded, collate, accelerator: Accelerator, batch_size: int = 128):
+    """Replace each split's inputs by its cached backbone features: ``{features, labels}`` rows."""
+    from datasets import DatasetDict
+
+    out = {}
+    for name, ds in encoded.items():
+        feats = cached_features(model, ds, collate, accelerator, batch_size)
+        out[name] = Dataset.from_dict({"features": feats["features"].numpy(), "labels": feats["labels"].numpy()})
+    return DatasetDict(out).with_format("torch")
+
+
+def stack_collate(rows: list[dict]) -> dict[str, torch.Tensor]:
+    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}

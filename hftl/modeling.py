@@ -1,0 +1,173 @@
+"""One classification model for every modality: a pretrained backbone, a pooling, a new head.
+
+``HftlForClassification`` wraps any ``AutoModel`` backbone (BERT, ViT, Wav2Vec2, ...). It is a real
+``PreTrainedModel``: it saves as safetensors, loads with ``from_pretrained`` (and through
+``AutoModelForSequenceClassification`` once ``hftl`` is imported), and peft wraps it like any model. The head
+is always the module ``head``; ``features()`` gives its input, which frozen strategies cache.
+
+Example:
+    >>> model = HftlForClassification.from_backbone(backbone, num_labels=2)  # doctest: +SKIP
+    >>> model(input_ids=ids, attention_mask=mask).logits.shape  # doctest: +SKIP
+    torch.Size([8, 2])
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+# How backbone outputs become one vector, per model family (checked before the modality default).
+POOLING_BY_MODEL_TYPE = {
+    "vit": "cls", "deit": "cls", "dinov2": "cls", "beit": "pooler", "data2vec-vision": "pooler",
+    "convnext": "pooler", "convnextv2": "pooler", "resnet": "pooler", "swin": "pooler", "swinv2": "pooler",
+    "efficientnet": "pooler", "regnet": "pooler", "mobilenet_v2": "pooler",
+    "clip_vision_model": "pooler", "siglip_vision_model": "pooler",
+    "audio-spectrogram-transformer": "pooler",
+}
+# Config attributes that give the width of the pooled features, tried in order.
+_WIDTH_ATTRS = ("hidden_size", "hidden_dim", "d_model", "hidden_sizes", "num_features")
+
+
+class HftlConfig(PretrainedConfig):
+    """Backbone config + pooling + head shape; ``id2label``/``label2id`` as in any transformers config."""
+
+    model_type = "hftl"
+    sub_configs = {"backbone_config": AutoConfig}
+
+    def __init__(
+        self,
+        backbone_config: PretrainedConfig | dict | None = None,
+        pooling: str = "mean",
+        head_hidden: list[int] | None = None,
+        head_dropout: float = 0.1,
+        backbone_name: str | None = None,
+        backbone_revision: str | None = None,
+        **kwargs,
+    ) -> None:
+        if isinstance(backbone_config, dict):
+            backbone_config = AutoConfig.for_model(**backbone_config)
+        self.backbone_config = backbone_config
+        self.pooling = pooling
+        self.head_hidden = list(head_hidden or [])
+        self.head_dropout = head_dropout
+        self.backbone_name = backbone_name
+        self.backbone_revision = backbone_revision
+        super().__init__(**kwargs)
+
+
+def feature_width(config: PretrainedConfig) -> int:
+    """Width of the pooled backbone output, read from the backbone config."""
+    for attr in _WIDTH_ATTRS:
+        value = getattr(config, attr, None)
+        if value:
+            return value[-1] if isinstance(value, (list, tuple)) else int(value)
+    raise ValueError(f"cannot tell the feature width of a {config.model_type} backbone: none of {_WIDTH_ATTRS}")
+
+
+def default_pooling(config: PretrainedConfig, sentence_pooling: str | None = None) -> str:
+    """The pooling users of this family expect: the model's own sentence pooling, the table, else mean."""
+    return sentence_pooling or POOLING_BY_MODEL_TYPE.get(config.model_type, "mean")
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor | None, pooler_output: torch.Tensor | None, how: str) -> torch.Tensor:
+    """Reduce (batch, length, width) hidden states to (batch, width)."""
+    if how == "pooler":
+        if pooler_output is None:
+            raise ValueError("pooling='pooler' but this backbone returns no pooler_output; use mean or cls")
+        return pooler_output.flatten(1)
+    if hidden.dim() == 2:
+        return hidden
+    if how == "cls":
+        return hidden[:, 0]
+    if mask is None:
+        mask = hidden.new_ones(hidden.shape[:2])
+    mask = mask.to(hidden.dtype).unsqueeze(-1)
+    if how == "max":
+        return hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).max(1).values
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+def build_head(width: int, num_labels: int, hidden: list[int], dropout: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for size in hidden:
+        layers += [nn.Dropout(dropout), nn.Linear(width, size), nn.GELU()]
+        width = size
+    layers += [nn.Dropout(dropout), nn.Linear(width, num_labels)]
+    return nn.Sequential(*layers)
+
+
+class HftlForClassification(PreTrainedModel):
+    config_class = HftlConfig
+    base_model_prefix = "backbone"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    def __init__(self, config: HftlConfig, backbone: PreTrainedModel | None = None) -> None:
+        super().__init__(config)
+        self.backbone = backbone if backbone is not None else AutoModel.from_config(config.backbone_config)
+        if config.pooling != "pooler" and getattr(self.backbone, "pooler", None) is not None:
+            self.backbone.pooler = None  # unused parameters would stall DDP and waste memory
+        self.main_input_name = getattr(self.backbone, "main_input_name", "input_ids")
+        width = feature_width(config.backbone_config)
+        self.head = build_head(width, config.num_labels, config.head_hidden, config.head_dropout)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear) and any(module is m for m in self.head.modules()):
+            nn.init.normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
+
+    @classmethod
+    def from_backbone(
+        cls, backbone: PreTrainedModel, num_labels: int, *, pooling: str = "mean", head_hidden=(),
+        head_dropout: float = 0.1, id2label: dict | None = None, name: str | None = None, revision: str | None = None,
+    ) -> HftlForClassification:
+        """Put a new head on a loaded backbone (head replacement, written once for every family)."""
+        id2label = id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
+        config = HftlConfig(
+            backbone_config=backbone.config, pooling=pooling, head_hidden=list(head_hidden),
+            head_dropout=head_dropout, backbone_name=name, backbone_revision=revision,
+            num_labels=num_labels, id2label=dict(id2label), label2id={v: k for k, v in id2label.items()},
+        )
+        model = cls(config, backbone=backbone)
+        model.head.apply(model._init_weights)
+        return model
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.backbone.get_input_embeddings()
+
+    def _feature_mask(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+        if mask is None or hidden.dim() != 3 or mask.shape[1] == hidden.shape[1]:
+            return mask
+        reduce = getattr(self.backbone, "_get_feature_vector_attention_mask", None)  # speech: samples -> frames
+        return reduce(hidden.shape[1], mask) if reduce else None
+
+    def features(self, **inputs) -> torch.Tensor:
+        """Pooled backbone output: the head's input (what frozen strategies cache)."""
+        mask = inputs.get("attention_mask")
+        out = self.backbone(**inputs, return_dict=True)
+        hidden = out.last_hidden_state
+        return pool(hidden, self._feature_mask(hidden, mask), getattr(out, "pooler_output", None), self.config.pooling)
+
+    def forward(self, labels: torch.Tensor | None = None, features: torch.Tensor | None = None, **inputs):
+        if features is None:
+            features = self.features(**inputs)
+        logits = self.head(features)
+        loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def register_auto_classes() -> None:
+    """Let the Auto classes load hftl run directories (done on ``import hftl``)."""
+    from transformers import (
+        AutoModelForAudioClassification,
+        AutoModelForImageClassification,
+        AutoModelForSequenceClassification,
+    )
+
+    AutoConfig.register("hftl", HftlConfig, exist_ok=True)
+    for auto in (AutoModelForSequenceClassification, AutoModelForImageClassification, AutoModelForAudioClassification):
+        auto.register(HftlConfig, HftlForClassification, exist_ok=True)

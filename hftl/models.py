@@ -1,0 +1,139 @@
+"""Load pretrained backbones and their processors by Hub id or local path, offline-aware.
+
+An id that is neither a local path, nor in the Hub cache, nor reachable fails at once with a message that
+says so (instead of half a minute of retries). Embedded models (``hftl.assets``) are laid into the cache first.
+
+Example:
+    >>> model, processor = load_classifier("sentence-transformers/all-MiniLM-L6-v2", num_labels=2)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, PreTrainedModel
+
+from hftl import assets
+from hftl.modeling import HftlForClassification, default_pooling
+
+log = logging.getLogger(__name__)
+
+
+class ModelNotFoundError(OSError):
+    """The model is neither a local path, nor cached, nor reachable on the Hub."""
+
+
+@functools.lru_cache(maxsize=None)
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """True when the Hub endpoint (``HF_ENDPOINT``) answers a TCP connection; False offline."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _cached(name: str, revision: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str)
+
+
+def resolve(name: str, revision: str = "main", trust_remote_code: bool = False) -> dict:
+    """Keyword arguments for ``from_pretrained(name, **kwargs)`` that load without network waits.
+
+    Raises ModelNotFoundError at once for an unknown id when the Hub cannot be reached.
+    """
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if Path(name).exists():
+        return kwargs
+    kwargs["revision"] = revision
+    if name in assets.EMBEDDED_MODELS and not _cached(name, revision):
+        assets.lay_into_hub_cache(name)
+    if hub_reachable():
+        return kwargs
+    if _cached(name, revision):
+        return {**kwargs, "local_files_only": True}
+    from huggingface_hub import constants
+
+    raise ModelNotFoundError(
+        f"model {name!r} (revision {revision!r}) is not a local path, not in the Hub cache ({constants.HF_HUB_CACHE}), "
+        f"and the Hub at {constants.ENDPOINT} cannot be reached (offline: HF_HUB_OFFLINE={int(constants.HF_HUB_OFFLINE)}). "
+        f"Pass a local directory, download it on a connected machine, or use one of the embedded models: "
+        f"{sorted(assets.EMBEDDED_MODELS)}"
+    )
+
+
+def sentence_pooling(name: str, kwargs: dict) -> str | None:
+    """The pooling a sentence-transformers model was trained with (its 1_Pooling/config.json), if any."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = name if Path(name).exists() else None
+        if path is None:
+            path = str(Path(hf_hub_download(name, "1_Pooling/config.json", revision=kwargs.get("revision"),
+                                            local_files_only=kwargs.get("local_files_only", False))).parent.parent)
+        modes = json.loads((Path(path) / "1_Pooling" / "config.json").read_text())
+    except (OSError, ValueError, Exception):  # noqa: BLE001 - absent in most repos; any failure means "no"
+        return None
+    for mode, flag in (("mean", "pooling_mode_mean_tokens"), ("cls", "pooling_mode_cls_token"),
+                       ("max", "pooling_mode_max_tokens")):
+        if modes.get(flag):
+            return mode
+    return None
+
+
+def load_processor(name: str, revision: str = "main", trust_remote_code: bool = False):
+    """The tokenizer, image processor or feature extractor that goes with a model."""
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+    kwargs = resolve(name, revision, trust_remote_code)
+    for auto in (AutoTokenizer, AutoImageProcessor, AutoProcessor):
+        try:
+            return auto.from_pretrained(name, **kwargs)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    raise ModelNotFoundError(f"no tokenizer or processor found for {name!r}")
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_backbone(name: str, revision: str = "main", trust_remote_code: bool = False, dtype: str = "float32"):
+    """The bare pretrained encoder (no task head) and the loading kwargs used."""
+    kwargs = resolve(name, revision, trust_remote_code)
+    config = AutoConfig.from_pretrained(name, **kwargs)
+    if getattr(config, "model_type", None) == "hftl":  # a run of ours: its backbone is what transfers on
+        return HftlForClassification.from_pretrained(name, dtype=_DTYPES[dtype], **kwargs).backbone, kwargs
+    return AutoModel.from_pretrained(name, dtype=_DTYPES[dtype], **kwargs), kwargs
+
+
+def load_classifier(
+    name: str, num_labels: int, *, id2label: dict | None = None, revision: str = "main", pooling: str = "auto",
+    head_hidden=(), head_dropout: float = 0.1, trust_remote_code: bool = False, dtype: str = "float32",
+) -> HftlForClassification:
+    """A pretrained backbone with a new classification head (its old head, if any, is dropped)."""
+    backbone, kwargs = load_backbone(name, revision, trust_remote_code, dtype)
+    if pooling == "auto":
+        pooling = default_pooling(backbone.config, sentence_pooling(name, kwargs))
+    log.info("new head on %s: pooling=%s, %d labels", name, pooling, num_labels)
+    return HftlForClassification.from_backbone(
+        backbone, num_labels, pooling=pooling, head_hidden=head_hidden, head_dropout=head_dropout,
+        id2label=id2label, name=name, revision=revision,
+    )
+
+
+def load_masked_lm(name: str, revision: str = "main", trust_remote_code: bool = False) -> PreTrainedModel:
+    """A masked-LM model; a checkpoint without an MLM head gets a new one (logged by transformers)."""
+    return AutoModelForMaskedLM.from_pretrained(name, **resolve(name, revision, trust_remote_code))

@@ -1,0 +1,59 @@
+"""The run directory, the contract every recipe keeps, and loading a trained model back from it.
+
+``output_dir/config.yaml`` (resolved), ``metrics.json`` (numbers, nested by stage and split), ``model/``
+(a full model or a peft adapter + head, with the processor), ``merged/`` on request, ``README.md`` (the model
+card). Only the main process writes.
+
+Example:
+    >>> model, processor = load("runs/minilm-rt-lora/model")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from hftl.card import model_card
+from hftl.config import Config, save_config
+from hftl.modeling import HftlConfig, HftlForClassification
+
+log = logging.getLogger(__name__)
+
+
+def save_run(run_dir: str | Path, cfg: Config, model, processor, metrics: dict, facts: dict) -> Path:
+    """Write config, metrics, model (+ merged export for adapters on request) and the model card."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    model_dir = run_dir / "model"
+    model.save_pretrained(model_dir, safe_serialization=True)
+    if hasattr(model, "peft_config"):  # the base's config (labels, pooling, head) travels with the adapter
+        model.get_base_model().config.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    if hasattr(model, "peft_config") and cfg.strategy.merge:
+        merged = model.merge_and_unload()
+        merged.save_pretrained(run_dir / "merged", safe_serialization=True)
+        processor.save_pretrained(run_dir / "merged")
+    (run_dir / "README.md").write_text(model_card(cfg.to_dict(), metrics, facts))
+    return run_dir
+
+
+def load(path: str | Path, *, device: str | None = None, **kwargs):
+    """A trained model (full, or adapter + head on its base) and its processor, from a model directory."""
+    from hftl.models import load_backbone, load_processor
+
+    path = Path(path)
+    if (path / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        config = HftlConfig.from_pretrained(path)
+        backbone, _ = load_backbone(config.backbone_name, config.backbone_revision or "main", **kwargs)
+        base = HftlForClassification(config, backbone=backbone)
+        model = PeftModel.from_pretrained(base, path)
+    else:
+        model = HftlForClassification.from_pretrained(path)
+    processor = load_processor(str(path))
+    model.eval()
+    return (model.to(device) if device else model), processor

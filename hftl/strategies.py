@@ -1,0 +1,195 @@
+"""Transfer strategies: one config value each, one mechanism (which parameters train, and how).
+
+A strategy takes the model with its new head and returns an ``Adapted`` plan: the model to train (maybe
+peft-wrapped) and whether the backbone is frozen so that its features can be computed once and cached. The
+head always trains: every strategy leaves ``head`` trainable, and peft methods list it in ``modules_to_save``
+so it is saved and pushed with the adapter.
+
+Example:
+    >>> adapted = apply_strategy(model, StrategyConfig(name="lora", peft={"r": 8}))  # doctest: +SKIP
+    >>> adapted.trainable, adapted.total  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from torch import nn
+
+from hftl.config import ConfigError, StrategyConfig
+
+STRATEGIES: dict[str, Callable] = {}
+HEAD = "head"
+# Default peft target modules where peft has none for the family (transformers 5 names).
+TARGET_MODULES = {
+    "vit": ["q_proj", "v_proj"], "deit": ["q_proj", "v_proj"], "dinov2": ["q_proj", "v_proj"],
+    "wav2vec2": ["q_proj", "v_proj"], "hubert": ["q_proj", "v_proj"], "wavlm": ["q_proj", "v_proj"],
+    "clip_vision_model": ["q_proj", "v_proj"], "siglip_vision_model": ["q_proj", "v_proj"],
+    "whisper": ["q_proj", "v_proj"], "audio-spectrogram-transformer": ["query", "value"],
+}
+_EMBEDDING_NAMES = ("embeddings", "embed_tokens", "feature_extractor", "feature_projection", "embedder", "conv1")
+
+
+@dataclass
+class Adapted:
+    """What a strategy made: the model to train and facts for the logs and the model card."""
+
+    model: nn.Module
+    strategy: str
+    frozen_backbone: bool = False
+    frozen: list[str] = field(default_factory=list)
+    peft_config: dict | None = None
+
+    @property
+    def trainable(self) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+    @property
+    def total(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def register(name: str) -> Callable:
+    def wrap(fn: Callable) -> Callable:
+        STRATEGIES[name] = fn
+        return fn
+
+    return wrap
+
+
+def _peft_methods() -> list[str]:
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    return sorted({str(getattr(k, "value", k)).lower() for k in PEFT_TYPE_TO_CONFIG_MAPPING} | {"dora"})
+
+
+def check_strategy_name(name: str) -> None:
+    if name in STRATEGIES or name in _peft_methods():
+        return
+    raise ConfigError(f"strategy.name={name!r} is unknown; choose one of {sorted(STRATEGIES)} "
+                      f"or a peft method: {_peft_methods()}")
+
+
+def set_trainable(module: nn.Module, trainable: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(trainable)
+
+
+def find_layers(backbone: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The backbone's stack of blocks: its ModuleList with the most parameters."""
+    best, best_size = ("", nn.ModuleList()), -1
+    for name, module in backbone.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 1:
+            size = sum(p.numel() for p in module.parameters())
+            if size > best_size:
+                best, best_size = (name, module), size
+    return best
+
+
+def find_embeddings(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Input modules before the first block (token/patch embeddings, speech feature encoder)."""
+    return [(n, m) for n, m in backbone.named_children() if n in _EMBEDDING_NAMES]
+
+
+def _frozen_backbone(model: nn.Module, name: str, cached: bool) -> Adapted:
+    set_trainable(model, False)
+    set_trainable(getattr(model, HEAD), True)
+    return Adapted(model, name, frozen_backbone=cached, frozen=["backbone"])
+
+
+@register("linear_probe")
+def linear_probe(model: nn.Module, cfg: StrategyConfig) -> Adapted:
+    """Frozen backbone; the head trains on features computed once and cached."""
+    return _frozen_backbone(model, "linear_probe", cached=True)
+
+
+@register("head")
+def head(model: nn.Module, cfg: StrategyConfig) -> Adapted:
+    """Frozen backbone run every step (e.g. with augmentations); only the new head trains."""
+    return _frozen_backbone(model, "head", cached=False)
+
+
+@register("full")
+def full(model: nn.Module, cfg: StrategyConfig) -> Adapted:
+    """Everything trains: backbone and the new head."""
+    set_trainable(model, True)
+    return Adapted(model, "full")
+
+
+@register("freeze_n")
+def freeze_n(model: nn.Module, cfg: StrategyConfig) -> Adapted:
+    """Freeze the embeddings and the first ``strategy.freeze_layers`` blocks; the rest and the head train."""
+    set_trainable(model, True)
+    layers_name, layers = find_layers(model.backbone)
+    if cfg.freeze_layers > len(layers):
+        raise ConfigError(f"strategy.freeze_layers={cfg.freeze_layers} but the backbone has {len(layers)} layers")
+    frozen = []
+    for name, module in find_embeddings(model.backbone):
+        set_trainable(module, False)
+        frozen.append(f"backbone.{name}")
+    for i in range(cfg.freeze_layers):
+        set_trainable(layers[i], False)
+        frozen.append(f"backbone.{layers_name}.{i}")
+    return Adapted(model, "freeze_n", frozen=frozen)
+
+
+def _peft_table(method: str, kind: str) -> dict:
+    from peft.utils import constants
+
+    return getattr(constants, f"TRANSFORMERS_MODELS_TO_{method.upper().replace('_', '')}_{kind}_MAPPING", None) or {}
+
+
+def default_target_modules(model: nn.Module, method: str) -> list[str]:
+    """peft's own defaults for the backbone family, then hftl's table, then every linear layer of the backbone."""
+    model_type = model.backbone.config.model_type
+    for table in (_peft_table(method, "TARGET_MODULES"), _peft_table("lora", "TARGET_MODULES"), TARGET_MODULES):
+        if model_type in table:
+            return list(table[model_type])
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.backbone.named_modules() if isinstance(m, nn.Linear)})
+
+
+def peft_strategy(model: nn.Module, cfg: StrategyConfig) -> Adapted:
+    """Any peft method by name (``dora`` is LoRA with ``use_dora``); its arguments pass through."""
+    from peft import get_peft_model
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    method = "lora" if cfg.name == "dora" else cfg.name
+    config_cls = {str(getattr(k, "value", k)).lower(): v for k, v in PEFT_TYPE_TO_CONFIG_MAPPING.items()}[method]
+    args = dict(cfg.peft)
+    if cfg.name == "dora":
+        args.setdefault("use_dora", True)
+    fields = getattr(config_cls, "__dataclass_fields__", {})
+    if "target_modules" in fields and not args.get("target_modules"):
+        args["target_modules"] = default_target_modules(model, method)
+    if "feedforward_modules" in fields and "feedforward_modules" not in args:  # (IA)3: scale inputs of these
+        default = _peft_table(method, "FEEDFORWARD_MODULES").get(model.backbone.config.model_type, [])
+        args["feedforward_modules"] = [m for m in default if m in args["target_modules"]]
+    args["modules_to_save"] = sorted(set(args.get("modules_to_save") or []) | {HEAD})
+    unknown = sorted(set(args) - set(fields))
+    if unknown:
+        raise ConfigError(f"strategy.peft has keys that {config_cls.__name__} does not take: {unknown}; "
+                          f"valid: {sorted(k for k in fields if not k.startswith('_'))}")
+    peft_config = config_cls(**args)
+    peft_model = get_peft_model(model, peft_config)
+    return Adapted(peft_model, cfg.name, frozen=["backbone (except adapters)"], peft_config=peft_config.to_dict())
+
+
+def apply_strategy(model: nn.Module, cfg: StrategyConfig) -> Adapted:
+    """Make ``model`` (an HftlForClassification) ready for the strategy ``cfg.name``."""
+    check_strategy_name(cfg.name)
+    if cfg.name in STRATEGIES:
+        return STRATEGIES[cfg.name](model, cfg)
+    return peft_strategy(model, cfg)
+
+
+def transfer_facts(adapted: Adapted, model: nn.Module, labels: list[str], splits, modality: str) -> dict:
+    """What the model card and the logs say about the transfer."""
+    return {
+        "name": f"{model.config.backbone_name}-{adapted.strategy}".split("/")[-1],
+        "modality": modality, "labels": labels, "splits": {k: len(v) for k, v in splits.items()},
+        "trainable_params": adapted.trainable, "total_params": adapted.total, "frozen": adapted.frozen,
+        "peft_config": adapted.peft_config, "pooling": model.config.pooling,
+        "head": " -> ".join(f"Linear({m.in_features}, {m.out_features})" for m in
+                            getattr(model.head, "original_module", model.head).modules() if isinstance(m, nn.Linear)),
+    }

@@ -1,0 +1,68 @@
+"""Fine-tune a pretrained model on a labelled task with any transfer strategy.
+
+    accelerate launch recipes/finetune.py --config recipes/configs/text/minilm-rt-lora.yaml output_dir=runs/lora
+    python recipes/finetune.py --config recipes/configs/text/minilm-rt-linear_probe.yaml train.epochs=5
+    hftl finetune --config recipes/configs/text/minilm-rt-full.yaml
+
+The strategy (``strategy.name``) is a config value: linear_probe, head, full, freeze_n, or any peft method.
+Writes the run directory (config.yaml, metrics.json, model/, README.md) to ``output_dir``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import hftl
+from hftl.config import Config
+
+
+def main(cfg: Config) -> dict:
+    accelerator = hftl.make_accelerator(cfg.train)
+    hftl.set_seed(cfg.train.seed)
+    splits = hftl.load_splits(cfg.data)
+    labels = hftl.label_names(splits)
+    processor = hftl.load_processor(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+    encoded = hftl.encode_text(splits, processor, "text", cfg.model.max_length)
+    model = hftl.load_classifier(
+        cfg.model.name, len(labels), id2label=dict(enumerate(labels)), revision=cfg.model.revision,
+        pooling=cfg.model.pooling, head_hidden=cfg.model.head_hidden, head_dropout=cfg.model.head_dropout,
+        trust_remote_code=cfg.model.trust_remote_code, dtype=cfg.model.dtype,
+    )
+    adapted = hftl.apply_strategy(model, cfg.strategy)
+    accelerator.print(f"strategy {adapted.strategy}: {adapted.trainable:,} of {adapted.total:,} parameters train")
+    start = time.perf_counter()
+    collate = hftl.collator_for(processor)
+    if adapted.frozen_backbone:  # linear probe: one backbone pass, then the head trains on cached features
+        model.to(accelerator.device)
+        encoded = hftl.as_feature_datasets(model, encoded, collate, accelerator, cfg.train.eval_batch_size)
+        collate = hftl.stack_collate
+    feature_seconds = time.perf_counter() - start
+    batch = hftl.per_device_batch(cfg.train, accelerator)
+    loader = hftl.make_loader(encoded["train"], batch, collate, shuffle=True, seed=cfg.train.seed,
+                              group=cfg.train.group_by_length, num_workers=cfg.train.num_workers)
+    val_loader, test_loader = (
+        hftl.make_loader(encoded[s], cfg.train.eval_batch_size, collate, shuffle=False) for s in ("validation", "test"))
+    trained, state = hftl.fit(adapted.model, loader, val_loader, accelerator, cfg.train, cfg.eval.metrics,
+                              checkpoint_dir=f"{cfg.output_dir}/checkpoints", resume=cfg.train.resume)
+    train_seconds = time.perf_counter() - start
+    test_loader = accelerator.prepare(test_loader)
+    metrics = {
+        "test": hftl.evaluate(trained, test_loader, accelerator, cfg.eval.metrics, "test"),
+        "validation": state.history[state.best_epoch - 1]["validation"],
+        "train": {"seconds": train_seconds, "feature_seconds": feature_seconds, "epochs": state.epoch,
+                  "steps": state.step, "best_epoch": state.best_epoch, "examples": len(encoded["train"]),
+                  "trainable_params": adapted.trainable, "total_params": adapted.total},
+        "history": state.history,
+    }
+    accelerator.print(f"test: {metrics['test']}")
+    if accelerator.is_main_process:
+        facts = hftl.transfer_facts(adapted, model, labels, splits, modality="text")
+        hftl.save_run(cfg.output_dir, cfg, accelerator.unwrap_model(trained), processor, metrics, facts)
+        accelerator.print(f"run saved to {cfg.output_dir}")
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+if __name__ == "__main__":
+    main(hftl.parse_args(sys.argv[1:]))
