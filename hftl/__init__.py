@@ -26,7 +26,8 @@ _EXPORTS = {
     "hftl.strategies": ["apply_strategy", "Adapted", "STRATEGIES", "transfer_facts"],
     "hftl.features": ["cached_features", "as_feature_datasets", "stack_collate"],
     "hftl.train": ["make_accelerator", "make_loader", "per_device_batch", "fit", "evaluate", "predict"],
-    "hftl.run": ["save_run", "load"],
+    "hftl.run": ["save_run"],
+    "hftl.hub": ["load", "push", "check_push_access", "HubAccessError", "PushError"],
     "hftl.assets": ["lay_into_hub_cache"],
     "accelerate.utils": ["set_seed"],
 }

@@ -37,7 +37,10 @@ def cache_dir() -> Path:
 
 def model_fingerprint(model: torch.nn.Module) -> str:
     """Hash of the backbone weights and the pooling: what determines the features."""
-    h = hashlib.sha256(str(getattr(model.config, "pooling", "")).encode())
+    from hftl import __version__
+
+    settings = (__version__, getattr(model.config, "pooling", ""), model.backbone.config._attn_implementation)
+    h = hashlib.sha256(repr(settings).encode())
     for name, tensor in model.backbone.state_dict().items():
         h.update(name.encode())
         h.update(tensor.detach().to("cpu", torch.float32).numpy().tobytes())
@@ -95,16 +98,36 @@ def cached_features(model, ds: Dataset, collate, accelerator: Accelerator, batch
     return out
 
 
-def as_feature_datasets(model, encoded, collate, accelerator: Accelerator, batch_size: int = 128):
-    """Replace each split's inputs by its cached backbone features: ``{features, labels}`` rows."""
-    from datasets import DatasetDict
+class FeatureDataset(torch.utils.data.Dataset):
+    """Cached features in memory; a batch is one slice (no per-row Python work in the training loop)."""
 
+    column_names = ["features", "labels"]
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"features": self.features[i], "labels": self.labels[i]}
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        index = torch.as_tensor(indices)
+        return {"features": self.features[index], "labels": self.labels[index]}
+
+
+def as_feature_datasets(model, encoded, collate, accelerator: Accelerator, batch_size: int = 128) -> dict:
+    """Replace each split's inputs by its cached backbone features: ``{features, labels}`` rows."""
     out = {}
     for name, ds in encoded.items():
         feats = cached_features(model, ds, collate, accelerator, batch_size)
-        out[name] = Dataset.from_dict({"features": feats["features"].numpy(), "labels": feats["labels"].numpy()})
-    return DatasetDict(out).with_format("torch")
+        out[name] = FeatureDataset(feats["features"], feats["labels"])
+    return out
 
 
-def stack_collate(rows: list[dict]) -> dict[str, torch.Tensor]:
+def stack_collate(rows) -> dict[str, torch.Tensor]:
+    """Collate for FeatureDataset: its batches come already sliced."""
+    if isinstance(rows, dict):
+        return rows
     return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}

@@ -412,7 +412,9 @@ def merge_adapter(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         >>> merge_adapter("runs/sst2-lora/model", "runs/sst2-lora/merged")  # doctest: +SKIP
     """
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
-    merged = _load_adapter(adapter_dir, token=token).merge_and_unload()
+    if not (adapter_dir / ADAPTER_CONFIG).is_file():
+        raise ValueError(f"{adapter_dir} holds no peft adapter ({ADAPTER_CONFIG}): there is nothing to merge")
+    merged = _load_local(adapter_dir, token)[0].merge_and_unload()
     merged.save_pretrained(out_dir)
     for path in adapter_dir.iterdir():  # processor files, copied byte for byte
         if path.is_file() and path.name not in ADAPTER_ONLY_FILES and not (out_dir / path.name).exists():
@@ -437,20 +439,23 @@ def load(
         >>> model.config.id2label  # doctest: +SKIP
         {0: 'negative', 1: 'positive'}
     """
-    local = _local_dir(repo_id_or_path, revision, token)
-    if _read_json(local / "config.json").get("model_type") == "hftl":
-        from hftl.run import load as load_run
-
-        return load_run(local, device=device)
-    if (local / ADAPTER_CONFIG).is_file():
-        model = _load_adapter(local, token=token)
-        base_id = _read_json(local / ADAPTER_CONFIG).get("base_model_name_or_path")
-        processor = _load_processor(local) or (_load_processor(base_id, token=token) if base_id else None)
-    else:
-        model, processor = _load_full(local), _load_processor(local)
+    model, processor = _load_local(_local_dir(repo_id_or_path, revision, token), token)
     if device is not None:
         model = model.to(device)
     return model.eval(), processor
+
+
+def _load_local(local: Path, token: str | None) -> tuple[Any, Any]:
+    """``(model, processor)`` from a local model or adapter directory."""
+    if _read_json(local / "config.json").get("model_type") == "hftl":  # hftl's classifier: its own loader
+        from hftl.run import load as load_run
+
+        return load_run(local)
+    if (local / ADAPTER_CONFIG).is_file():
+        model = _load_adapter(local, token=token)
+        base_id = _read_json(local / ADAPTER_CONFIG).get("base_model_name_or_path")
+        return model, _load_processor(local) or (_load_processor(base_id, token=token) if base_id else None)
+    return _load_full(local), _load_processor(local)
 
 
 def _local_dir(repo_id_or_path: str | os.PathLike, revision: str | None, token: str | None) -> Path:

@@ -54,7 +54,12 @@ class HftlConfig(PretrainedConfig):
         self.head_dropout = head_dropout
         self.backbone_name = backbone_name
         self.backbone_revision = backbone_revision
+        # PretrainedConfig.__init__ sets the attention implementation on sub-configs too (None unless asked): a
+        # backbone whose config then says None attends to padding. Keep the one it was loaded with.
+        attn = getattr(backbone_config, "_attn_implementation_internal", None)
         super().__init__(**kwargs)
+        if attn is not None and backbone_config._attn_implementation is None:
+            backbone_config._attn_implementation_internal = attn
 
 
 def feature_width(config: PretrainedConfig) -> int:
@@ -107,7 +112,9 @@ class HftlForClassification(PreTrainedModel):
 
     def __init__(self, config: HftlConfig, backbone: PreTrainedModel | None = None) -> None:
         super().__init__(config)
-        self.backbone = backbone if backbone is not None else AutoModel.from_config(config.backbone_config)
+        if backbone is None:
+            backbone = AutoModel.from_config(config.backbone_config)
+        self.backbone = backbone
         if config.pooling != "pooler" and getattr(self.backbone, "pooler", None) is not None:
             self.backbone.pooler = None  # unused parameters would stall DDP and waste memory
         self.main_input_name = getattr(self.backbone, "main_input_name", "input_ids")

@@ -1,19 +1,14 @@
-"""A loopback Hugging Face Hub that the unmodified ``huggingface_hub`` client can push to and pull from.
+"""A loopback Hugging Face Hub, in memory, that the unmodified ``huggingface_hub`` client pushes to and pulls from.
 
-It speaks the classic (non-Xet) client protocol well enough for ``create_repo``, ``create_branch``,
-``create_commit``/``upload_folder``, ``repo_info``/``model_info``, ``list_repo_tree``, ``list_repo_commits``,
-``snapshot_download``, ``hf_hub_download``, transformers' ``from_pretrained``/``push_to_hub`` and peft's
-``PeftModel.from_pretrained`` to round-trip for real. State lives in memory: repos hold commits (sha1 ids) with
-full file trees, branches point at commits, LFS objects live in a per-repo store.
-
-The client reads ``HF_ENDPOINT`` when ``huggingface_hub`` is imported, so run the client in a subprocess with
-:meth:`HubServer.client_env` (it also sets ``HF_HUB_DISABLE_XET=1`` and drops ``HF_HUB_OFFLINE``).
+It speaks the classic (non-Xet) protocol: create_repo/create_branch, preupload, the LFS batch API and PUTs, NDJSON
+commits (also as PRs), repo info, tree and commit listings, resolve (HEAD/GET) with the headers the client reads.
+So HfApi, snapshot_download, hf_hub_download, transformers' from_pretrained/push_to_hub and peft round-trip for real.
+The client reads ``HF_ENDPOINT`` at import: run it in a subprocess with :meth:`HubServer.client_env`.
 
 Example:
     >>> with HubServer(tokens={"hf_testtoken": "alice"}, orgs={"acme": ["alice"]}) as hub:  # doctest: +SKIP
-    ...     env = hub.client_env(home=tmp_path)
-    ...     subprocess.run([sys.executable, "push.py"], env=env, check=True)
-    ...     assert hub.commit_count("alice/tiny") == 2  # the initial commit + the push
+    ...     subprocess.run([sys.executable, "push.py"], env=hub.client_env(home=tmp_path), check=True)
+    ...     assert hub.commit_count("alice/tiny") == 2  # the repo's initial commit + the push
 """
 
 from __future__ import annotations
@@ -26,6 +21,7 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -37,6 +33,7 @@ LFS_SUFFIXES = tuple(
 )  # the Hub's default .gitattributes, abridged
 LFS_MIN_SIZE = 10 * 1024 * 1024  # the Hub stores any file of 10 MB or more in LFS
 GITATTRIBUTES = "".join(f"*{suffix} filter=lfs diff=lfs merge=lfs -text\n" for suffix in LFS_SUFFIXES).encode()
+INHERIT_NOT = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_OFFLINE", "TRANSFORMERS_CACHE")
 CLIENT_ENV = {"HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 REPO_KINDS = {"models": "model", "datasets": "dataset", "spaces": "space"}
 
@@ -50,11 +47,6 @@ class HubError(Exception):
         super().__init__(message)
         self.status, self.message, self.code, self.headers = status, message, code, headers or {}
         self.body = {"error": message, **(body or {})}
-
-
-def git_blob_sha1(data: bytes) -> str:
-    """Git's object id of a blob, the ``oid`` the Hub lists for a regular file."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -76,7 +68,8 @@ class Blob:
 
     @property
     def git_oid(self) -> str:
-        return git_blob_sha1(self.pointer if self.lfs else self.data)
+        data = self.pointer if self.lfs else self.data  # git's blob id: what the Hub lists as a file's "oid"
+        return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
     def tree_entry(self, path: str) -> dict:
         entry = {"type": "file", "oid": self.git_oid, "size": len(self.data), "path": path}
@@ -113,6 +106,13 @@ class Repo:
             raise HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
         return self.commits[oid]
 
+    def ancestry(self, rev: str) -> Iterator[Commit]:
+        """The commit ``rev`` points at, then its parents."""
+        commit: Commit | None = self.resolve(rev)
+        while commit is not None:
+            yield commit
+            commit = self.commits.get(commit.parent) if commit.parent else None
+
 
 @dataclass
 class Fault:
@@ -138,8 +138,7 @@ class HubServer:
         scopes: fine-grained token -> the namespaces it may write (default: its user's own).
 
     Example:
-        >>> with HubServer(tokens={"hf_a": "alice"}) as hub:  # doctest: +SKIP
-        ...     hub.fail_uploads("*.safetensors", times=6)  # the client retries 5 times: make the push fail
+        >>> hub.fail_uploads("*.safetensors", times=6)  # the client tries 6 times: the push fails  # doctest: +SKIP
     """
 
     def __init__(
@@ -186,16 +185,10 @@ class HubServer:
         assert self._httpd is not None, "start the server first"
         return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
-    def client_env(
-        self, home: str | os.PathLike | None = None, token: str | None = None, base: dict[str, str] | None = None
-    ) -> dict[str, str]:
-        """Environment for a client subprocess: this endpoint, no Xet, online, a private ``HF_HOME``, no token
-        unless ``token`` (as ``HF_TOKEN``)."""
-        env = {
-            k: v
-            for k, v in (os.environ if base is None else base).items()
-            if not k.startswith(("HF_", "HUGGINGFACE_")) and k not in ("TRANSFORMERS_OFFLINE", "TRANSFORMERS_CACHE")
-        }
+    def client_env(self, home: str | os.PathLike | None = None, token: str | None = None) -> dict[str, str]:
+        """Environment for a client subprocess: this endpoint, no Xet, online (no ``HF_*`` variable of ours is
+        inherited), a private ``HF_HOME``, and no token unless ``token`` (as ``HF_TOKEN``)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(INHERIT_NOT)}
         env.update(HF_ENDPOINT=self.url, **CLIENT_ENV)
         if home is not None:
             env["HF_HOME"] = str(home)
@@ -232,12 +225,7 @@ class HubServer:
     def history(self, repo_id: str, revision: str = "main", kind: str = "model") -> list[str]:
         """Commit titles reachable from ``revision``, newest first."""
         with self.lock:
-            repo = self.repos[f"{kind}/{repo_id}"]
-            commit, titles = repo.resolve(revision), []
-            while commit is not None:
-                titles.append(commit.title)
-                commit = repo.commits.get(commit.parent) if commit.parent else None
-            return titles
+            return [commit.title for commit in self.repos[f"{kind}/{repo_id}"].ancestry(revision)]
 
     def files(self, repo_id: str, revision: str = "main", kind: str = "model") -> dict[str, bytes]:
         """Path -> content of every file at ``revision``."""
@@ -286,8 +274,8 @@ class HubServer:
 
     # -- repo state ----------------------------------------------------------------------------------------------
     def get_repo(self, key: str, token: str | None) -> Repo:
-        repo = self.repos.get(key)
-        if repo is None or (repo.private and not self.may_read(self.user_of(token, False), key.split("/")[1])):
+        repo, user = self.repos.get(key), self.user_of(token, False)  # a bad token is a 401 even on a public repo
+        if repo is None or (repo.private and not self.may_read(user, key.split("/")[1])):
             raise HubError(404, "Repository not found", "RepoNotFound")
         return repo
 
@@ -339,18 +327,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- plumbing ------------------------------------------------------------------------------------------------
     def _body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            open("/tmp/scratch/CHUNKED", "a").write(self.path + "\n")
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        chunks = []
+        while size := int(self.rfile.readline().split(b";")[0], 16):
+            chunks.append(self.rfile.read(size + 2)[:-2])
+        self.rfile.readline()  # the empty trailer
+        return b"".join(chunks)
 
     def _token(self) -> str | None:
         auth = self.headers.get("Authorization", "")
@@ -447,7 +430,7 @@ def _repo_api(
         return 200, _refs(repo), {}
     user = hub.check_write(token, repo.repo_id.split("/")[0])
     if method == "POST" and action == "preupload":
-        return 200, _preupload(repo, rest[1], json.loads(body), query.get("create_pr") == "1"), {}
+        return 200, _preupload(repo, rest[1], json.loads(body)), {}
     if method == "POST" and action == "commit":
         return _commit(hub, req, repo, rest[1], body, query.get("create_pr") == "1", user)
     if method == "POST" and action == "branch":
@@ -495,13 +478,10 @@ def _tree(repo: Repo, rev: str, prefix: str, recursive: bool) -> list[dict]:
 
 
 def _commits(repo: Repo, rev: str) -> list[dict]:
-    commit, out = repo.resolve(rev), []
-    while commit is not None:
-        authors = [{"user": commit.author}]
-        out.append({"id": commit.oid, "title": commit.title, "message": commit.message, "date": commit.date})
-        out[-1]["authors"] = authors
-        commit = repo.commits.get(commit.parent) if commit.parent else None
-    return out
+    keys = ("oid", "title", "message", "date")
+    return [
+        {**{k: getattr(c, k) for k in keys}, "id": c.oid, "authors": [{"user": c.author}]} for c in repo.ancestry(rev)
+    ]
 
 
 def _refs(repo: Repo) -> dict:
@@ -513,16 +493,12 @@ def _refs(repo: Repo) -> dict:
     return {"branches": branches, "tags": [], "converts": [], "pullRequests": prs}
 
 
-def _is_lfs(path: str, size: int, sample: bytes) -> bool:
-    return path.lower().endswith(LFS_SUFFIXES) or size >= LFS_MIN_SIZE or b"\0" in sample
-
-
-def _preupload(repo: Repo, rev: str, payload: dict, create_pr: bool) -> dict:
+def _preupload(repo: Repo, rev: str, payload: dict) -> dict:
     current = repo.resolve(rev).files
     answers = []
     for item in payload["files"]:
         path, size, sample = item["path"], int(item["size"]), base64.b64decode(item.get("sample", ""))
-        lfs = _is_lfs(path, size, sample) and size > 0
+        lfs = size > 0 and (path.lower().endswith(LFS_SUFFIXES) or size >= LFS_MIN_SIZE or b"\0" in sample)
         repo.preuploads[(size, sample[:512])] = path
         existing = current.get(path)
         oid = None if existing is None else existing.sha256 if existing.lfs else existing.git_oid

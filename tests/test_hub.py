@@ -39,8 +39,7 @@ WORDS = [
     "[CLS]",
     "[SEP]",
     "[MASK]",
-    *"the a film movie plot was is good bad great awful fine ok".split(),
-]
+] + "the a film movie plot was is good bad great awful fine ok".split()
 SENTENCES = ["the film was good", "a bad plot", "the movie is ok", "great film", "awful awful movie", "fine"]
 TARGETS = [2, 0, 1, 2, 0, 1]
 CHILD = "import sys; sys.path[:0] = sys.argv[3:]; import test_hub; test_hub.child_main(sys.argv[1], sys.argv[2])"
@@ -99,7 +98,7 @@ def step_push_to_hub(model_dir: str, repo_id: str, token: str) -> str:
     return str(AutoModelForSequenceClassification.from_pretrained(model_dir).push_to_hub(repo_id, token=TOKENS[token]))
 
 
-def step_predict(repo_id: str, how: str, revision: str | None = None) -> dict:
+def step_predict(repo_id: str, how: str, revision: str | None = None, token: str | None = None) -> dict:
     """Logits on SENTENCES of a model loaded by repo id: ``plain`` transformers, ``plain_peft``, or ``hftl``."""
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
@@ -107,7 +106,7 @@ def step_predict(repo_id: str, how: str, revision: str | None = None) -> dict:
     if how == "hftl":
         from hftl.hub import load
 
-        model, tokenizer = load(repo_id, revision=revision)
+        model, tokenizer = load(repo_id, revision=revision, token=TOKENS[token] if token else None)
     elif how == "plain_peft":
         from peft import PeftConfig, PeftModel
 
@@ -138,15 +137,8 @@ class Child:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir, self.timeout, self._result = workdir, timeout, None
         (workdir / "steps.json").write_text(json.dumps(steps))
-        argv = [
-            sys.executable,
-            "-c",
-            CHILD,
-            str(workdir / "steps.json"),
-            str(workdir / "out.json"),
-            str(ROOT),
-            str(TESTS),
-        ]
+        paths = (workdir / "steps.json", workdir / "out.json", ROOT, TESTS)  # CHILD's sys.argv[1:]
+        argv = [sys.executable, "-c", CHILD, *map(str, paths)]
         env = {**hub.client_env(home=workdir / "hf_home"), "HFTL_TEST_NICE": str(nice)}
         with open(workdir / "stdout", "wb") as out, open(workdir / "stderr", "wb") as err:
             self.proc = subprocess.Popen(argv, env=env, cwd=workdir, stdout=out, stderr=err)
@@ -288,6 +280,7 @@ def children(hub, runs, tmp_path_factory) -> dict[str, Child]:
         _push(full_v2, "alice/tiny-full", token="alice", create_pr=True),
         _push(lora, "alice/tiny-lora", token="alice"),
         _push(lora, "acme/tiny-merged", token="alice", what="merged"),
+        _push(full, "alice/tiny-private", token="alice", private=True),
     ]
     denied = [
         _push(full, "alice/denied-none"),
@@ -322,18 +315,21 @@ def pushed(children) -> dict:
 @pytest.fixture(scope="module")
 def loaded(hub, pushed, tmp_path_factory) -> dict:
     """A new child loads every pushed model by repo id, with plain transformers/peft and with hftl.hub.load."""
-    cases = {
-        "full/plain": ("alice/tiny-full", "plain", None),
-        "full/hftl": ("alice/tiny-full", "hftl", None),
-        "full@exp/hftl": ("alice/tiny-full", "hftl", "exp"),
-        "lora/plain_peft": ("alice/tiny-lora", "plain_peft", None),
-        "lora/hftl": ("alice/tiny-lora", "hftl", None),
-        "merged/plain": ("acme/tiny-merged", "plain", None),
-        "merged/hftl": ("acme/tiny-merged", "hftl", None),
+    cases = {  # name -> (repo id, how, revision, token)
+        "full/plain": ("alice/tiny-full", "plain", None, None),
+        "full/hftl": ("alice/tiny-full", "hftl", None, None),
+        "full@exp/hftl": ("alice/tiny-full", "hftl", "exp", None),
+        "lora/plain_peft": ("alice/tiny-lora", "plain_peft", None, None),
+        "lora/hftl": ("alice/tiny-lora", "hftl", None, None),
+        "merged/plain": ("acme/tiny-merged", "plain", None, None),
+        "merged/hftl": ("acme/tiny-merged", "hftl", None, None),
+        "private/hftl": ("alice/tiny-private", "hftl", None, None),
+        "private/hftl+token": ("alice/tiny-private", "hftl", None, "alice"),
     }
-    steps = [("predict", {"repo_id": r, "how": h, "revision": v}) for r, h, v in cases.values()]
-    child = Child(hub, tmp_path_factory.mktemp("load"), steps).result()
-    return {"output": child["output"], **dict(zip(cases, child["results"], strict=True))}
+    steps = [("predict", {"repo_id": r, "how": h, "revision": v, "token": t}) for r, h, v, t in cases.values()]
+    child = Child(hub, tmp_path_factory.mktemp("load"), steps)
+    result = child.result()
+    return {"output": result["output"], "workdir": child.workdir, **dict(zip(cases, result["results"], strict=True))}
 
 
 @pytest.fixture(scope="module")
@@ -396,6 +392,12 @@ def test_merged_model_round_trip(hub, runs, loaded):
     files = hub.files("acme/tiny-merged")
     assert "model.safetensors" in files and "adapter_config.json" not in files
     assert files["tokenizer.json"] == (runs["lora"] / "model" / "tokenizer.json").read_bytes()
+
+
+def test_private_repo_loads_with_a_token_only(hub, runs, loaded):
+    assert hub.repos["model/alice/tiny-private"].private
+    assert loaded["private/hftl"]["error"] == "RepositoryNotFoundError"
+    _assert_same_predictions(loaded["private/hftl+token"], runs["full_logits"], "BertForSequenceClassification")
 
 
 def test_base_pushed_with_transformers_push_to_hub(hub):
@@ -476,14 +478,16 @@ def test_failed_push_lists_missing_files_and_rerun_adds_one_commit(hub, runs, fl
 
 
 # -- the token stays secret ------------------------------------------------------------------------------------
-def test_token_never_written_nor_logged(runs, pushed, loaded, denied, flaky):
+def test_token_never_written_nor_logged(runs, children, pushed, loaded, denied, flaky):
     outputs = "".join(child["output"] for child in (pushed, loaded, denied, flaky))
     assert "DEBUG" in outputs  # the children really logged at DEBUG
+    # Run directories, and each child's folder: its HF_HOME (cache, no stored token), stdout and stderr.
+    folders = [runs[run] for run in ("full", "full_v2", "lora")] + [child.workdir for child in children.values()]
+    folders.append(loaded["workdir"])
+    files = [path for folder in folders for path in folder.rglob("*") if path.is_file()]
     for token in TOKENS.values():
         assert token not in outputs
-        for run in ("full", "full_v2", "lora"):
-            for path in runs[run].rglob("*"):
-                assert not path.is_file() or token.encode() not in path.read_bytes(), path
+        assert not [path for path in files if token.encode() in path.read_bytes()]
 
 
 # -- in-process: no Hub needed -------------------------------------------------------------------------------------
@@ -522,3 +526,41 @@ def test_load_a_local_run_directory(runs):
     model, tokenizer = load(runs["full"])
     assert model.config.id2label == LABELS and type(tokenizer).__name__.startswith("Bert")
     assert torch.allclose(torch.tensor(_logits(model, tokenizer)), torch.tensor(runs["full_logits"]), atol=1e-5)
+
+
+def test_offline_mode_gives_a_clear_access_error(monkeypatch):
+    from huggingface_hub import constants
+
+    from hftl.hub import HubAccessError, check_push_access
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # never reach out, however the suite was started
+    with pytest.raises(HubAccessError, match="HF_HUB_OFFLINE is set") as info:
+        check_push_access("alice/x", token=TOKENS["alice"])
+    assert TOKENS["alice"] not in str(info.value)
+
+
+def test_load_hands_hftl_classifiers_to_their_own_loader(tmp_path):
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from hftl.hub import load, save_model
+    from hftl.modeling import HftlForClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
+    )
+    model = HftlForClassification.from_backbone(BertModel(config), 3, id2label=LABELS).eval()
+    tokenizer = _tokenizer()
+    save_model(model, tmp_path / "model", processor=tokenizer)
+    loaded, processor = load(tmp_path)
+    assert type(loaded).__name__ == "HftlForClassification" and loaded.config.id2label == LABELS
+    # One sentence at a time: the freshly built wrapper's backbone has no attention implementation set
+    # (transformers warns) and does not mask padding, while the reloaded one does.
+    with torch.no_grad():
+        for sentence in SENTENCES:
+            before, after = (
+                model(**tokenizer(sentence, return_tensors="pt")),
+                loaded(**processor(sentence, return_tensors="pt")),
+            )
+            assert torch.allclose(before.logits, after.logits, atol=1e-5)

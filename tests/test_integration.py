@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hftl.config import load_config
-from recipes.finetune import main
+from hftl.recipes.finetune import main
 
 pytestmark = pytest.mark.integration
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"

@@ -11,7 +11,7 @@ import yaml
 
 from hftl.config import load_config
 from hftl.models import ModelNotFoundError, load_classifier
-from recipes.finetune import main
+from hftl.recipes.finetune import main
 
 PREDICT = """
 import json, sys, torch, hftl

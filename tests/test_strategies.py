@@ -108,3 +108,13 @@ def test_lora_merge_keeps_predictions(tiny_model):
         merged = adapted.model.merge_and_unload()
         assert isinstance(merged, HftlForClassification)
         torch.testing.assert_close(merged(**_inputs()).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_padding_does_not_change_predictions(tiny_model):
+    """A new head on a loaded backbone must keep the backbone's attention implementation (masking included)."""
+    model = _model(tiny_model).eval()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    padded = {"input_ids": torch.tensor([[5, 6, 7, 8, 0, 0, 0]]), "attention_mask": torch.tensor([[1] * 4 + [0] * 3])}
+    with torch.no_grad():
+        alone = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        torch.testing.assert_close(model(**padded).logits, alone, atol=1e-5, rtol=1e-5)
