@@ -20,8 +20,14 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "hftl.config": ["Config", "ConfigError", "load_config", "parse_args", "save_config"],
     "hftl.data": ["DataError", "load_splits", "label_names", "encode_text", "collator_for", "stratified_subset"],
-    "hftl.models": ["ModelNotFoundError", "load_classifier", "load_backbone", "load_processor", "load_masked_lm",
-                    "resolve"],
+    "hftl.models": [
+        "ModelNotFoundError",
+        "load_classifier",
+        "load_backbone",
+        "load_processor",
+        "load_masked_lm",
+        "resolve",
+    ],
     "hftl.modeling": ["HftlConfig", "HftlForClassification"],
     "hftl.strategies": ["apply_strategy", "Adapted", "STRATEGIES", "transfer_facts"],
     "hftl.features": ["cached_features", "as_feature_datasets", "stack_collate"],

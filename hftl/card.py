@@ -27,18 +27,28 @@ def _versions() -> dict[str, str]:
 
 
 def _metadata(cfg: dict, metrics: dict, facts: dict) -> dict:
-    results = [{"type": name, "value": round(value, 4), "name": f"test {name}"}
-               for name, value in metrics.get("test", {}).items() if name != "loss"]
+    results = [
+        {"type": name, "value": round(value, 4), "name": f"test {name}"}
+        for name, value in metrics.get("test", {}).items()
+        if name != "loss"
+    ]
     meta = {
         "base_model": cfg["model"]["name"],
         "library_name": "peft" if facts.get("peft_config") else "transformers",
         "pipeline_tag": PIPELINE_TAGS.get(facts.get("modality", "text"), "text-classification"),
         "tags": ["hftl", "transfer-learning", cfg["strategy"]["name"]],
-        "model-index": [{"name": facts.get("name", "hftl-model"), "results": [{
-            "task": {"type": PIPELINE_TAGS.get(facts.get("modality", "text"), "text-classification")},
-            "dataset": {"name": cfg["data"]["name"], "type": cfg["data"]["name"], "split": "test"},
-            "metrics": results,
-        }]}],
+        "model-index": [
+            {
+                "name": facts.get("name", "hftl-model"),
+                "results": [
+                    {
+                        "task": {"type": PIPELINE_TAGS.get(facts.get("modality", "text"), "text-classification")},
+                        "dataset": {"name": cfg["data"]["name"], "type": cfg["data"]["name"], "split": "test"},
+                        "metrics": results,
+                    }
+                ],
+            }
+        ],
     }
     if "/" in cfg["data"]["name"] and not cfg["data"]["name"].endswith((".csv", ".json", ".jsonl", ".parquet")):
         meta["datasets"] = [cfg["data"]["name"]]
@@ -63,32 +73,37 @@ def model_card(cfg: dict, metrics: dict, facts: dict) -> str:
     }
     if facts.get("peft_config"):
         pc = facts["peft_config"]
-        strategy["adapter"] = ", ".join(f"{k}={pc[k]}" for k in ("peft_type", "r", "lora_alpha", "target_modules",
-                                                              "modules_to_save") if pc.get(k) is not None)
+        strategy["adapter"] = ", ".join(
+            f"{k}={pc[k]}"
+            for k in ("peft_type", "r", "lora_alpha", "target_modules", "modules_to_save")
+            if pc.get(k) is not None
+        )
     test = metrics.get("test", {})
-    results = _table({f"test {k}": f"{v:.4f}" for k, v in test.items()} |
-                     {f"validation {k}": f"{v:.4f}" for k, v in metrics.get("validation", {}).items()})
+    results = _table(
+        {f"test {k}": f"{v:.4f}" for k, v in test.items()}
+        | {f"validation {k}": f"{v:.4f}" for k, v in metrics.get("validation", {}).items()}
+    )
     front = yaml.safe_dump(_metadata(cfg, metrics, facts), sort_keys=False)
     return f"""---
 {front}---
 
-# {facts.get('name', 'hftl model')}
+# {facts.get("name", "hftl model")}
 
-`{cfg['model']['name']}` (revision `{cfg['model']['revision']}`) adapted to **{cfg['data']['name']}** with
-[hftl](https://pypi.org/project/hftl/) by the **{cfg['strategy']['name']}** transfer strategy.
+`{cfg["model"]["name"]}` (revision `{cfg["model"]["revision"]}`) adapted to **{cfg["data"]["name"]}** with
+[hftl](https://pypi.org/project/hftl/) by the **{cfg["strategy"]["name"]}** transfer strategy.
 
 ## Transfer
 {_table(strategy)}
 
 ## Task and data
-Labels: {', '.join(facts.get('labels', []))}. Splits (examples): {facts.get('splits', {})}, stratified with seed
-{cfg['data']['split_seed']}.
+Labels: {", ".join(facts.get("labels", []))}. Splits (examples): {facts.get("splits", {})}, stratified with seed
+{cfg["data"]["split_seed"]}.
 
 ## Results
 {results}
 
-Training: {metrics.get('train', {}).get('epochs', 0):g} epochs, {metrics.get('train', {}).get('seconds', 0):.0f} s,
-best validation epoch {metrics.get('train', {}).get('best_epoch', 0):g}.
+Training: {metrics.get("train", {}).get("epochs", 0):g} epochs, {metrics.get("train", {}).get("seconds", 0):.0f} s,
+best validation epoch {metrics.get("train", {}).get("best_epoch", 0):g}.
 
 ## Use
 ```python
@@ -108,5 +123,5 @@ and of the data; measure it on your own data before relying on it.
 ```
 
 ## Libraries
-{', '.join(f'{k} {v}' for k, v in _versions().items())}
+{", ".join(f"{k} {v}" for k, v in _versions().items())}
 """

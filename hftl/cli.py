@@ -12,7 +12,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-RECIPES = {"finetune": "Fine-tune with any transfer strategy (recipes/finetune.py)."}
+RECIPES = {"finetune": "Fine-tune with any transfer strategy (recipes/finetune.py).",
+           "ladder": "Zero-shot, few-shot curve and full fine-tuning on one plot (recipes/ladder.py)."}
 USAGE = "usage: hftl {finetune,config,push} ...\n\n" + "\n".join(
     f"  {name:<10} {text}" for name, text in {**RECIPES, "config": "List every config key with its help.",
                                                "push": "Push RUN_DIR to the Hub: hftl push RUN_DIR REPO_ID [--what "

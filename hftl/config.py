@@ -14,7 +14,7 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, get_origin, get_type_hints
 
 import yaml
 
@@ -35,7 +35,8 @@ class ModelConfig:
     name: str = _f("sentence-transformers/all-MiniLM-L6-v2", "Hub id or local path of the pretrained backbone.")
     revision: str = _f("main", "Hub revision (branch, tag or commit) of the backbone.")
     pooling: str = _f(
-        "auto", "How backbone outputs become one vector: auto picks per model family.",
+        "auto",
+        "How backbone outputs become one vector: auto picks per model family.",
         ("auto", "mean", "cls", "pooler", "max"),
     )
     head_hidden: list = _f([], "Sizes of hidden layers added before the output layer (empty: a linear head).")
@@ -87,6 +88,10 @@ class TrainConfig:
     group_by_length: bool = _f(True, "Batch examples of similar length together (less padding).")
     num_workers: int = _f(0, "DataLoader worker processes.")
     resume: bool = _f(False, "Continue from the last complete checkpoint in output_dir/checkpoints.")
+    checkpoint_every: int = _f(0, "Also checkpoint every this many optimizer steps (0: at each epoch end only).")
+    keep_checkpoints: int = _f(2, "Complete checkpoints kept in output_dir/checkpoints (the oldest are deleted).")
+    gradient_checkpointing: bool = _f(False, "Recompute the backbone's activations in backward (less memory, slower).")
+    compile: bool = _f(False, "torch.compile the model (in place) before training.")
 
 
 @dataclass
@@ -103,6 +108,37 @@ class HubConfig:
 
 
 @dataclass
+class ShotsConfig:
+    ks: list = _f([1, 2, 4, 8, 16, 32], "Few-shot rungs: labelled examples per class.")
+    seeds: list = _f([0, 1, 2, 3, 4], "Seeds of the resampled support sets, one set per seed and k (at least 2).")
+    methods: list = _f(
+        ["prototype", "probe"], "Few-shot methods (hftl.shots.METHODS): prototype, probe, setfit, lora."
+    )
+    split: str = _f("test", "Split that zero- and few-shot accuracy is measured on.", ("validation", "test"))
+    zero_shot: str = _f(
+        "auto",
+        "Zero-shot method: embedding (cosine to label prompts), nli (entailment), auto (nli for NLI models).",
+        ("auto", "embedding", "nli", "none"),
+    )
+    templates: list = _f([], "Prompt templates with {} for the label description, ensembled (empty: defaults).")
+    label_descriptions: dict = _f({}, "Label name -> description or list of them, ensembled (missing: the name).")
+    transductive: bool = _f(True, "Also report prototypes refined by soft k-means over the unlabelled eval inputs.")
+    probe_c: float = _f(1.0, "Inverse L2 strength of the logistic-regression head (probe and setfit).")
+    setfit_steps: int = _f(20, "setfit: contrastive steps; each takes every pair of the batch.")
+    setfit_lr: float = _f(2e-5, "setfit: learning rate of the encoder.")
+    lora_steps: int = _f(30, "lora: optimisation steps on the support set.")
+    lora_lr: float = _f(5e-4, "lora: learning rate of the adapters and the head.")
+    lora: dict = _f({"r": 8, "lora_alpha": 16, "lora_dropout": 0.1}, "lora: arguments of peft's LoraConfig.")
+    batch_size: int = _f(64, "setfit and lora: support examples per step (all of them when fewer).")
+    full: bool = _f(True, "Ladder: also fine-tune on all the training data with strategy.name.")
+
+    def __post_init__(self) -> None:
+        from hftl.shots import check_shots_config  # late: shots imports torch
+
+        check_shots_config(self)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -110,6 +146,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     hub: HubConfig = field(default_factory=HubConfig)
+    shots: ShotsConfig = field(default_factory=ShotsConfig)
     output_dir: str = field(default="runs/default", metadata={"help": "Run directory (config, metrics, model, card)."})
 
     def __post_init__(self) -> None:
@@ -125,15 +162,21 @@ def _check_choices(obj: Any, prefix: str) -> None:
         if dataclasses.is_dataclass(value):
             _check_choices(value, f"{prefix}{f.name}.")
         elif f.metadata.get("choices") and value not in f.metadata["choices"]:
-            raise ConfigError(f"{prefix}{f.name}={value!r} is not allowed; choose one of {list(f.metadata['choices'])}")
+            raise ConfigError(
+                f"{prefix}{f.name}={value!r} is not allowed; choose one of {list(f.metadata['choices'])}"
+            )
 
 
 def validate(cfg: Config) -> None:
     """Check values that types alone cannot; raise ConfigError naming the key."""
     _check_choices(cfg, "")
     t = cfg.train
-    for key, value in {"train.batch_size": t.batch_size, "train.eval_batch_size": t.eval_batch_size,
-                       "train.grad_accum": t.grad_accum, "model.max_length": cfg.model.max_length}.items():
+    for key, value in {
+        "train.batch_size": t.batch_size,
+        "train.eval_batch_size": t.eval_batch_size,
+        "train.grad_accum": t.grad_accum,
+        "model.max_length": cfg.model.max_length,
+    }.items():
         if value < 1:
             raise ConfigError(f"{key}={value} must be at least 1")
     if t.epochs <= 0 or t.lr <= 0:
@@ -197,7 +240,9 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
         typ = hints[key]
         if dataclasses.is_dataclass(typ):
             if not isinstance(value, dict):
-                raise ConfigError(f"{prefix}{key} must be a mapping of {sorted(f.name for f in dataclasses.fields(typ))}")
+                raise ConfigError(
+                    f"{prefix}{key} must be a mapping of {sorted(f.name for f in dataclasses.fields(typ))}"
+                )
             kwargs[key] = _build(typ, value, f"{prefix}{key}.")
         else:
             kwargs[key] = _coerce(value, typ, f"{prefix}{key}")

@@ -95,12 +95,14 @@ def _class_label(splits: DatasetDict, label: str) -> DatasetDict:
 
 def _check_columns(splits: DatasetDict, columns: list[str]) -> None:
     for name, ds in splits.items():
-        missing = [c for c in columns if c not in ds.column_names]
-        if missing:
-            raise DataError(f"split {name!r} has no column {missing[0]!r}; its columns are {ds.column_names} "
-                            f"(set data.text_column / data.label_column)")
         if len(ds) == 0:
             raise DataError(f"split {name!r} is empty")
+        missing = [c for c in columns if c not in ds.column_names]
+        if missing:
+            raise DataError(
+                f"split {name!r} has no column {missing[0]!r}; its columns are {ds.column_names} "
+                f"(set data.text_column / data.label_column)"
+            )
 
 
 def stratified_subset(ds: Dataset, n: int, seed: int, label: str = "label") -> Dataset:
@@ -144,10 +146,12 @@ def encode_text(splits: DatasetDict, tokenizer, column: str, max_length: int) ->
         out["length"] = [len(ids) for ids in out["input_ids"]]
         return out
 
-    return DatasetDict({
-        name: ds.map(encode, batched=True, remove_columns=[c for c in ds.column_names if c != "label"])
-        for name, ds in splits.items()
-    })
+    return DatasetDict(
+        {
+            name: ds.map(encode, batched=True, remove_columns=[c for c in ds.column_names if c != "label"])
+            for name, ds in splits.items()
+        }
+    )
 
 
 class LengthGroupedBatches:
@@ -173,9 +177,9 @@ class LengthGroupedBatches:
         order = rng.permutation(n) if self.shuffle else np.arange(n)
         if self.group:
             mega = bs * 50
-            chunks = [order[i:i + mega] for i in range(0, n, mega)]
+            chunks = [order[i : i + mega] for i in range(0, n, mega)]
             order = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks])
-        batches = [order[i:i + bs].tolist() for i in range(0, n, bs)]
+        batches = [order[i : i + bs].tolist() for i in range(0, n, bs)]
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return iter(batches)

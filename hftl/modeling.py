@@ -20,10 +20,21 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 # How backbone outputs become one vector, per model family (checked before the modality default).
 POOLING_BY_MODEL_TYPE = {
-    "vit": "cls", "deit": "cls", "dinov2": "cls", "beit": "pooler", "data2vec-vision": "pooler",
-    "convnext": "pooler", "convnextv2": "pooler", "resnet": "pooler", "swin": "pooler", "swinv2": "pooler",
-    "efficientnet": "pooler", "regnet": "pooler", "mobilenet_v2": "pooler",
-    "clip_vision_model": "pooler", "siglip_vision_model": "pooler",
+    "vit": "cls",
+    "deit": "cls",
+    "dinov2": "cls",
+    "beit": "pooler",
+    "data2vec-vision": "pooler",
+    "convnext": "pooler",
+    "convnextv2": "pooler",
+    "resnet": "pooler",
+    "swin": "pooler",
+    "swinv2": "pooler",
+    "efficientnet": "pooler",
+    "regnet": "pooler",
+    "mobilenet_v2": "pooler",
+    "clip_vision_model": "pooler",
+    "siglip_vision_model": "pooler",
     "audio-spectrogram-transformer": "pooler",
 }
 # Config attributes that give the width of the pooled features, tried in order.
@@ -76,7 +87,9 @@ def default_pooling(config: PretrainedConfig, sentence_pooling: str | None = Non
     return sentence_pooling or POOLING_BY_MODEL_TYPE.get(config.model_type, "mean")
 
 
-def pool(hidden: torch.Tensor, mask: torch.Tensor | None, pooler_output: torch.Tensor | None, how: str) -> torch.Tensor:
+def pool(
+    hidden: torch.Tensor, mask: torch.Tensor | None, pooler_output: torch.Tensor | None, how: str
+) -> torch.Tensor:
     """Reduce (batch, length, width) hidden states to (batch, width)."""
     if how == "pooler":
         if pooler_output is None:
@@ -129,15 +142,29 @@ class HftlForClassification(PreTrainedModel):
 
     @classmethod
     def from_backbone(
-        cls, backbone: PreTrainedModel, num_labels: int, *, pooling: str = "mean", head_hidden=(),
-        head_dropout: float = 0.1, id2label: dict | None = None, name: str | None = None, revision: str | None = None,
+        cls,
+        backbone: PreTrainedModel,
+        num_labels: int,
+        *,
+        pooling: str = "mean",
+        head_hidden=(),
+        head_dropout: float = 0.1,
+        id2label: dict | None = None,
+        name: str | None = None,
+        revision: str | None = None,
     ) -> HftlForClassification:
         """Put a new head on a loaded backbone (head replacement, written once for every family)."""
         id2label = id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
         config = HftlConfig(
-            backbone_config=backbone.config, pooling=pooling, head_hidden=list(head_hidden),
-            head_dropout=head_dropout, backbone_name=name, backbone_revision=revision,
-            num_labels=num_labels, id2label=dict(id2label), label2id={v: k for k, v in id2label.items()},
+            backbone_config=backbone.config,
+            pooling=pooling,
+            head_hidden=list(head_hidden),
+            head_dropout=head_dropout,
+            backbone_name=name,
+            backbone_revision=revision,
+            num_labels=num_labels,
+            id2label=dict(id2label),
+            label2id={v: k for k, v in id2label.items()},
         )
         model = cls(config, backbone=backbone)
         model.head.apply(model._init_weights)

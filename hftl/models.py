@@ -29,7 +29,7 @@ class ModelNotFoundError(OSError):
     """The model is neither a local path, nor cached, nor reachable on the Hub."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def hub_reachable(timeout: float = 2.0) -> bool:
     """True when the Hub endpoint (``HF_ENDPOINT``) answers a TCP connection; False offline."""
     from huggingface_hub import constants
@@ -68,8 +68,9 @@ def resolve(name: str, revision: str = "main", trust_remote_code: bool = False) 
     from huggingface_hub import constants
 
     raise ModelNotFoundError(
-        f"model {name!r} (revision {revision!r}) is not a local path, not in the Hub cache ({constants.HF_HUB_CACHE}), "
-        f"and the Hub at {constants.ENDPOINT} cannot be reached (offline: HF_HUB_OFFLINE={int(constants.HF_HUB_OFFLINE)}). "
+        f"model {name!r} (revision {revision!r}) is not a local path, not in the Hub cache "
+        f"({constants.HF_HUB_CACHE}), and the Hub at {constants.ENDPOINT} cannot be reached "
+        f"(offline: HF_HUB_OFFLINE={int(constants.HF_HUB_OFFLINE)}). "
         f"Pass a local directory, download it on a connected machine, or use one of the embedded models: "
         f"{sorted(assets.EMBEDDED_MODELS)}"
     )
@@ -82,13 +83,24 @@ def sentence_pooling(name: str, kwargs: dict) -> str | None:
     try:
         path = name if Path(name).exists() else None
         if path is None:
-            path = str(Path(hf_hub_download(name, "1_Pooling/config.json", revision=kwargs.get("revision"),
-                                            local_files_only=kwargs.get("local_files_only", False))).parent.parent)
+            path = str(
+                Path(
+                    hf_hub_download(
+                        name,
+                        "1_Pooling/config.json",
+                        revision=kwargs.get("revision"),
+                        local_files_only=kwargs.get("local_files_only", False),
+                    )
+                ).parent.parent
+            )
         modes = json.loads((Path(path) / "1_Pooling" / "config.json").read_text())
     except (OSError, ValueError, Exception):  # noqa: BLE001 - absent in most repos; any failure means "no"
         return None
-    for mode, flag in (("mean", "pooling_mode_mean_tokens"), ("cls", "pooling_mode_cls_token"),
-                       ("max", "pooling_mode_max_tokens")):
+    for mode, flag in (
+        ("mean", "pooling_mode_mean_tokens"),
+        ("cls", "pooling_mode_cls_token"),
+        ("max", "pooling_mode_max_tokens"),
+    ):
         if modes.get(flag):
             return mode
     return None
@@ -120,8 +132,16 @@ def load_backbone(name: str, revision: str = "main", trust_remote_code: bool = F
 
 
 def load_classifier(
-    name: str, num_labels: int, *, id2label: dict | None = None, revision: str = "main", pooling: str = "auto",
-    head_hidden=(), head_dropout: float = 0.1, trust_remote_code: bool = False, dtype: str = "float32",
+    name: str,
+    num_labels: int,
+    *,
+    id2label: dict | None = None,
+    revision: str = "main",
+    pooling: str = "auto",
+    head_hidden=(),
+    head_dropout: float = 0.1,
+    trust_remote_code: bool = False,
+    dtype: str = "float32",
 ) -> HftlForClassification:
     """A pretrained backbone with a new classification head (its old head, if any, is dropped)."""
     backbone, kwargs = load_backbone(name, revision, trust_remote_code, dtype)
@@ -129,8 +149,14 @@ def load_classifier(
         pooling = default_pooling(backbone.config, sentence_pooling(name, kwargs))
     log.info("new head on %s: pooling=%s, %d labels", name, pooling, num_labels)
     return HftlForClassification.from_backbone(
-        backbone, num_labels, pooling=pooling, head_hidden=head_hidden, head_dropout=head_dropout,
-        id2label=id2label, name=name, revision=revision,
+        backbone,
+        num_labels,
+        pooling=pooling,
+        head_hidden=head_hidden,
+        head_dropout=head_dropout,
+        id2label=id2label,
+        name=name,
+        revision=revision,
     )
 
 

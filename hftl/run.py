@@ -21,14 +21,19 @@ from hftl.modeling import HftlConfig, HftlForClassification
 log = logging.getLogger(__name__)
 
 
-def save_run(run_dir: str | Path, cfg: Config, model, processor, metrics: dict, facts: dict) -> Path:
-    """Write config, metrics, model (+ merged export for adapters on request) and the model card."""
+def save_run(run_dir: str | Path, cfg: Config, model, processor, metrics: dict, facts: dict, *,
+             state_dict: dict | None = None) -> Path:
+    """Write config, metrics, model (+ merged export for adapters on request) and the model card.
+
+    ``state_dict``: the model's full weights when they are sharded over processes (FSDP, ZeRO-3), from
+    ``accelerator.get_state_dict``; the model's own ``state_dict()`` would hold only this process's shards.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     model_dir = run_dir / "model"
-    model.save_pretrained(model_dir, safe_serialization=True)
+    model.save_pretrained(model_dir, safe_serialization=True, state_dict=state_dict)
     if hasattr(model, "peft_config"):  # the base's config (labels, pooling, head) travels with the adapter
         model.get_base_model().config.save_pretrained(model_dir)
     processor.save_pretrained(model_dir)

@@ -12,8 +12,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from torch import nn
 
@@ -23,10 +23,16 @@ STRATEGIES: dict[str, Callable] = {}
 HEAD = "head"
 # Default peft target modules where peft has none for the family (transformers 5 names).
 TARGET_MODULES = {
-    "vit": ["q_proj", "v_proj"], "deit": ["q_proj", "v_proj"], "dinov2": ["q_proj", "v_proj"],
-    "wav2vec2": ["q_proj", "v_proj"], "hubert": ["q_proj", "v_proj"], "wavlm": ["q_proj", "v_proj"],
-    "clip_vision_model": ["q_proj", "v_proj"], "siglip_vision_model": ["q_proj", "v_proj"],
-    "whisper": ["q_proj", "v_proj"], "audio-spectrogram-transformer": ["query", "value"],
+    "vit": ["q_proj", "v_proj"],
+    "deit": ["q_proj", "v_proj"],
+    "dinov2": ["q_proj", "v_proj"],
+    "wav2vec2": ["q_proj", "v_proj"],
+    "hubert": ["q_proj", "v_proj"],
+    "wavlm": ["q_proj", "v_proj"],
+    "clip_vision_model": ["q_proj", "v_proj"],
+    "siglip_vision_model": ["q_proj", "v_proj"],
+    "whisper": ["q_proj", "v_proj"],
+    "audio-spectrogram-transformer": ["query", "value"],
 }
 _EMBEDDING_NAMES = ("embeddings", "embed_tokens", "feature_extractor", "feature_projection", "embedder", "conv1")
 
@@ -67,8 +73,9 @@ def _peft_methods() -> list[str]:
 def check_strategy_name(name: str) -> None:
     if name in STRATEGIES or name in _peft_methods():
         return
-    raise ConfigError(f"strategy.name={name!r} is unknown; choose one of {sorted(STRATEGIES)} "
-                      f"or a peft method: {_peft_methods()}")
+    raise ConfigError(
+        f"strategy.name={name!r} is unknown; choose one of {sorted(STRATEGIES)} or a peft method: {_peft_methods()}"
+    )
 
 
 def set_trainable(module: nn.Module, trainable: bool) -> None:
@@ -168,8 +175,10 @@ def peft_strategy(model: nn.Module, cfg: StrategyConfig) -> Adapted:
     args["modules_to_save"] = sorted(set(args.get("modules_to_save") or []) | {HEAD})
     unknown = sorted(set(args) - set(fields))
     if unknown:
-        raise ConfigError(f"strategy.peft has keys that {config_cls.__name__} does not take: {unknown}; "
-                          f"valid: {sorted(k for k in fields if not k.startswith('_'))}")
+        raise ConfigError(
+            f"strategy.peft has keys that {config_cls.__name__} does not take: {unknown}; "
+            f"valid: {sorted(k for k in fields if not k.startswith('_'))}"
+        )
     peft_config = config_cls(**args)
     peft_model = get_peft_model(model, peft_config)
     return Adapted(peft_model, cfg.name, frozen=["backbone (except adapters)"], peft_config=peft_config.to_dict())
@@ -187,9 +196,17 @@ def transfer_facts(adapted: Adapted, model: nn.Module, labels: list[str], splits
     """What the model card and the logs say about the transfer."""
     return {
         "name": f"{model.config.backbone_name}-{adapted.strategy}".split("/")[-1],
-        "modality": modality, "labels": labels, "splits": {k: len(v) for k, v in splits.items()},
-        "trainable_params": adapted.trainable, "total_params": adapted.total, "frozen": adapted.frozen,
-        "peft_config": adapted.peft_config, "pooling": model.config.pooling,
-        "head": " -> ".join(f"Linear({m.in_features}, {m.out_features})" for m in
-                            getattr(model.head, "original_module", model.head).modules() if isinstance(m, nn.Linear)),
+        "modality": modality,
+        "labels": labels,
+        "splits": {k: len(v) for k, v in splits.items()},
+        "trainable_params": adapted.trainable,
+        "total_params": adapted.total,
+        "frozen": adapted.frozen,
+        "peft_config": adapted.peft_config,
+        "pooling": model.config.pooling,
+        "head": " -> ".join(
+            f"Linear({m.in_features}, {m.out_features})"
+            for m in getattr(model.head, "original_module", model.head).modules()
+            if isinstance(m, nn.Linear)
+        ),
     }

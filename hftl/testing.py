@@ -18,16 +18,28 @@ WORDS = {
 }
 
 
-def tiny_text_model(path: str | Path, seed: int = 0, model_type: str = "bert") -> str:
-    """A 2-layer, 32-wide encoder with a real word-level tokenizer, saved as a Hugging Face directory."""
+def tiny_text_model(path: str | Path, seed: int = 0, model_type: str = "bert", dropout: float = 0.1) -> str:
+    """A 2-layer, 32-wide encoder with a real word-level tokenizer, saved as a Hugging Face directory.
+
+    ``dropout``: of hidden states and attention (BERT-style names); 0 makes training runs comparable step by step.
+    """
     import torch
     from transformers import AutoConfig, AutoModel, BertTokenizer
 
     torch.manual_seed(seed)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted({w for ws in WORDS.values() for w in ws})
     tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)})
-    config = AutoConfig.for_model(model_type, vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=2, intermediate_size=37, max_position_embeddings=64)
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
     model = AutoModel.from_config(config)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

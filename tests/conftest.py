@@ -35,6 +35,14 @@ def tiny_csv(tmp_path_factory) -> str:
 @pytest.fixture
 def tiny_cfg(tiny_model, tiny_csv, tmp_path):
     """Overrides for a fast run of a recipe on the tiny model and data."""
-    return [f"model.name={tiny_model}", f"data.name={tiny_csv}", "data.validation_size=0.2", "data.test_size=0.2",
-            "train.epochs=5", "train.batch_size=8", "train.eval_batch_size=16", "train.lr=3e-3",
-            f"output_dir={tmp_path / 'run'}"]
+    return [
+        f"model.name={tiny_model}",
+        f"data.name={tiny_csv}",
+        "data.validation_size=0.2",
+        "data.test_size=0.2",
+        "train.epochs=5",
+        "train.batch_size=8",
+        "train.eval_batch_size=16",
+        "train.lr=3e-3",
+        f"output_dir={tmp_path / 'run'}",
+    ]

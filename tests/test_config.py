@@ -22,9 +22,18 @@ def test_every_shipped_config_parses(path):
 
 
 def test_overrides_are_typed():
-    cfg = load_config(None, ["train.lr=1e-4", "train.epochs=3", "strategy.name=lora", "strategy.peft.r=16",
-                             "strategy.peft.target_modules=[query,value]", "model.head_hidden=[64]",
-                             "train.group_by_length=false"])
+    cfg = load_config(
+        None,
+        [
+            "train.lr=1e-4",
+            "train.epochs=3",
+            "strategy.name=lora",
+            "strategy.peft.r=16",
+            "strategy.peft.target_modules=[query,value]",
+            "model.head_hidden=[64]",
+            "train.group_by_length=false",
+        ],
+    )
     assert cfg.train.lr == 1e-4 and cfg.train.epochs == 3.0
     assert cfg.strategy.peft == {"r": 16, "target_modules": ["query", "value"]}
     assert cfg.model.head_hidden == [64]
@@ -53,9 +62,15 @@ def test_unknown_strategy_lists_strategies():
         load_config(None, ["strategy.name=lorra"])
 
 
-@pytest.mark.parametrize("override,key", [("train.lr=fast", "train.lr"), ("train.batch_size=0", "train.batch_size"),
-                                          ("data.test_size=0.9", "data.test_size"),
-                                          ("train.batch_size=30", "train.batch_size")])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("train.lr=fast", "train.lr"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("data.test_size=0.9", "data.test_size"),
+        ("train.batch_size=30", "train.batch_size"),
+    ],
+)
 def test_bad_values_name_the_key(override, key):
     extra = ["train.grad_accum=4"] if override == "train.batch_size=30" else []
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

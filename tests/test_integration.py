@@ -1,15 +1,16 @@
 """Real pretrained weights and real data that install as packages: MiniLM and Rotten Tomatoes."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from hftl.recipes.finetune import main
 
 from hftl.config import load_config
-from hftl.recipes.finetune import main
 
 pytestmark = pytest.mark.integration
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -27,12 +28,12 @@ model, tok = AutoModel.from_pretrained("{MINILM}", **kwargs), AutoTokenizer.from
 b = tok(["a great movie", "a wonderful film", "the tax form is due"], padding=True, return_tensors="pt")
 with torch.no_grad():
     h = model(**b).last_hidden_state
-e = torch.nn.functional.normalize((h * b.attention_mask[..., None]).sum(1) / b.attention_mask.sum(1, keepdim=True), dim=-1)
+mask = b.attention_mask[..., None]
+e = torch.nn.functional.normalize((h * mask).sum(1) / mask.sum(1), dim=-1)
 print(float(e[0] @ e[1]), float(e[0] @ e[2]), os.listdir(os.environ["HF_HUB_CACHE"]))
 """
-    env = {**__import__("os").environ, "HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    related, unrelated, cache = out.stdout.strip().splitlines()[-1].rsplit(" ", 2)[0], None, None
     values = out.stdout.strip().splitlines()[-1].split(" ", 2)
     related, unrelated = float(values[0]), float(values[1])
     assert related > 0.6 > unrelated + 0.2  # real sentence embeddings, not random weights
@@ -40,8 +41,9 @@ print(float(e[0] @ e[1]), float(e[0] @ e[2]), os.listdir(os.environ["HF_HUB_CACH
 
 
 def test_linear_probe_on_real_minilm_and_rotten_tomatoes(tmp_path):
-    cfg = load_config(CONFIGS / "minilm-rt-linear_probe.yaml",
-                      ["data.max_train_samples=1000", f"output_dir={tmp_path / 'lp'}"])
+    cfg = load_config(
+        CONFIGS / "minilm-rt-linear_probe.yaml", ["data.max_train_samples=1000", f"output_dir={tmp_path / 'lp'}"]
+    )
     metrics = main(cfg)
     # reference: logistic regression on 1,500 mean-pooled MiniLM embeddings reaches 0.766; majority class 0.578
     assert metrics["test"]["accuracy"] >= 0.72, metrics["test"]
@@ -49,8 +51,10 @@ def test_linear_probe_on_real_minilm_and_rotten_tomatoes(tmp_path):
 
 
 def test_lora_on_real_minilm_round_trips(tmp_path):
-    cfg = load_config(CONFIGS / "minilm-rt-lora.yaml", ["data.max_train_samples=128", "train.epochs=1",
-                                                         f"output_dir={tmp_path / 'lora'}"])
+    cfg = load_config(
+        CONFIGS / "minilm-rt-lora.yaml",
+        ["data.max_train_samples=128", "train.epochs=1", f"output_dir={tmp_path / 'lora'}"],
+    )
     main(cfg)
     code = """
 import sys, json, torch, hftl
@@ -58,7 +62,13 @@ model, tok = hftl.load(sys.argv[1])
 with torch.no_grad():
     print(json.dumps(model(**tok(["a fine film", "dull"], padding=True, return_tensors="pt")).logits.tolist()))
 """
-    runs = [subprocess.run([sys.executable, "-c", code, str(tmp_path / "lora" / d)], capture_output=True, text=True,
-                           check=True).stdout.strip().splitlines()[-1] for d in ("model", "merged")]
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / "lora" / d)], capture_output=True, text=True, check=True
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+        for d in ("model", "merged")
+    ]
     adapter, merged = (torch.tensor(json.loads(r)) for r in runs)
     torch.testing.assert_close(adapter, merged, atol=1e-4, rtol=1e-4)

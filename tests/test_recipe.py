@@ -100,3 +100,14 @@ def test_cli_reports_bad_key_and_exits_2(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 2
     assert "train.epochz" in out.stderr and "did you mean train.epochs" in out.stderr
+
+
+def test_push_without_token_fails_before_training(tiny_cfg, tmp_path, monkeypatch):
+    import hftl.hub
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(hftl.hub, "_resolve_token", lambda token=None: None)  # no stored login either
+    cfg = load_config(None, [*tiny_cfg, "hub.push=true", "hub.repo_id=alice/tiny"])
+    with pytest.raises(hftl.hub.HubAccessError, match="No Hugging Face token found.*alice/tiny"):
+        main(cfg)
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written

@@ -21,7 +21,10 @@ def _model(tiny_model):
 
 def _inputs():
     g = torch.Generator().manual_seed(1)
-    return {"input_ids": torch.randint(5, 27, (4, 9), generator=g), "attention_mask": torch.ones(4, 9, dtype=torch.long)}
+    return {
+        "input_ids": torch.randint(5, 27, (4, 9), generator=g),
+        "attention_mask": torch.ones(4, 9, dtype=torch.long),
+    }
 
 
 def _trainable(model):

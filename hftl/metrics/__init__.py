@@ -17,7 +17,7 @@ def available() -> list[str]:
     return sorted(p.stem for p in HERE.glob("*.py") if not p.stem.startswith("_"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_metric(name: str):
     """An evaluate module: hftl's own by name (offline), else evaluate.load (a path or the Hub)."""
     import evaluate

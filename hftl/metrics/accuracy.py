@@ -11,7 +11,9 @@ class Accuracy(evaluate.Metric):
             description="Fraction of correct predictions.",
             citation="",
             inputs_description="predictions and references: lists of class ids",
-            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
+            features=datasets.Features(
+                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
+            ),
         )
 
     def _compute(self, predictions, references):

@@ -11,7 +11,9 @@ class F1(evaluate.Metric):
             description="Macro-averaged F1 over classes.",
             citation="",
             inputs_description="predictions and references: lists of class ids",
-            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
+            features=datasets.Features(
+                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
+            ),
         )
 
     def _compute(self, predictions, references):
