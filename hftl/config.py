@@ -56,6 +56,10 @@ class DataConfig:
     test_size: float = _f(0.1, "Fraction of the data for test when the source has no such split.")
     split_seed: int = _f(0, "Seed of the stratified split; every recipe and benchmark shares it.")
     max_train_samples: int = _f(0, "Keep at most this many training examples, stratified (0: all).")
+    input_column: str = _f(
+        "", "Column holding image or audio (PIL/bytes/array or a file path); empty: text_column, else image/audio/path."
+    )
+    max_seconds: float = _f(10.0, "Speech: clips are cut to this many seconds (and padded per batch).")
 
 
 @dataclass
@@ -124,8 +128,9 @@ class ShotsConfig:
     label_descriptions: dict = _f({}, "Label name -> description or list of them, ensembled (missing: the name).")
     transductive: bool = _f(True, "Also report prototypes refined by soft k-means over the unlabelled eval inputs.")
     probe_c: float = _f(1.0, "Inverse L2 strength of the logistic-regression head (probe and setfit).")
-    setfit_steps: int = _f(20, "setfit: contrastive steps; each takes every pair of the batch.")
-    setfit_lr: float = _f(2e-5, "setfit: learning rate of the encoder.")
+    setfit_steps: int = _f(10, "setfit: contrastive steps; each takes every pair of the batch.")
+    setfit_lr: float = _f(1e-4, "setfit: learning rate of the encoder.")
+    setfit_layers: int = _f(0, "setfit: top encoder blocks that train (0: all); those below run once per input.")
     lora_steps: int = _f(30, "lora: optimisation steps on the support set.")
     lora_lr: float = _f(5e-4, "lora: learning rate of the adapters and the head.")
     lora: dict = _f({"r": 8, "lora_alpha": 16, "lora_dropout": 0.1}, "lora: arguments of peft's LoraConfig.")

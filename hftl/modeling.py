@@ -82,6 +82,13 @@ def feature_width(config: PretrainedConfig) -> int:
     raise ValueError(f"cannot tell the feature width of a {config.model_type} backbone: none of {_WIDTH_ATTRS}")
 
 
+def encoder_of(model: PreTrainedModel) -> PreTrainedModel:
+    """The encoder of an encoder-decoder model (e.g. Whisper): what a classifier is built on."""
+    if getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
+        return model.get_encoder()
+    return model
+
+
 def default_pooling(config: PretrainedConfig, sentence_pooling: str | None = None) -> str:
     """The pooling users of this family expect: the model's own sentence pooling, the table, else mean."""
     return sentence_pooling or POOLING_BY_MODEL_TYPE.get(config.model_type, "mean")
@@ -126,7 +133,7 @@ class HftlForClassification(PreTrainedModel):
     def __init__(self, config: HftlConfig, backbone: PreTrainedModel | None = None) -> None:
         super().__init__(config)
         if backbone is None:
-            backbone = AutoModel.from_config(config.backbone_config)
+            backbone = encoder_of(AutoModel.from_config(config.backbone_config))
         self.backbone = backbone
         if config.pooling != "pooler" and getattr(self.backbone, "pooler", None) is not None:
             self.backbone.pooler = None  # unused parameters would stall DDP and waste memory

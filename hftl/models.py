@@ -20,7 +20,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, PreTrainedModel
 
 from hftl import assets
-from hftl.modeling import HftlForClassification, default_pooling
+from hftl.modeling import HftlForClassification, default_pooling, encoder_of
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +108,10 @@ def sentence_pooling(name: str, kwargs: dict) -> str | None:
 
 def load_processor(name: str, revision: str = "main", trust_remote_code: bool = False):
     """The tokenizer, image processor or feature extractor that goes with a model."""
-    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+    from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoProcessor, AutoTokenizer
 
     kwargs = resolve(name, revision, trust_remote_code)
-    for auto in (AutoTokenizer, AutoImageProcessor, AutoProcessor):
+    for auto in (AutoTokenizer, AutoImageProcessor, AutoFeatureExtractor, AutoProcessor):
         try:
             return auto.from_pretrained(name, **kwargs)
         except (OSError, ValueError, KeyError, TypeError):
@@ -128,7 +128,7 @@ def load_backbone(name: str, revision: str = "main", trust_remote_code: bool = F
     config = AutoConfig.from_pretrained(name, **kwargs)
     if getattr(config, "model_type", None) == "hftl":  # a run of ours: its backbone is what transfers on
         return HftlForClassification.from_pretrained(name, dtype=_DTYPES[dtype], **kwargs).backbone, kwargs
-    return AutoModel.from_pretrained(name, dtype=_DTYPES[dtype], **kwargs), kwargs
+    return encoder_of(AutoModel.from_pretrained(name, dtype=_DTYPES[dtype], **kwargs)), kwargs
 
 
 def load_classifier(

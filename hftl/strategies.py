@@ -32,7 +32,7 @@ TARGET_MODULES = {
     "clip_vision_model": ["q_proj", "v_proj"],
     "siglip_vision_model": ["q_proj", "v_proj"],
     "whisper": ["q_proj", "v_proj"],
-    "audio-spectrogram-transformer": ["query", "value"],
+    "audio-spectrogram-transformer": ["q_proj", "v_proj"],
 }
 _EMBEDDING_NAMES = ("embeddings", "embed_tokens", "feature_extractor", "feature_projection", "embedder", "conv1")
 
@@ -99,7 +99,19 @@ def find_embeddings(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in backbone.named_children() if n in _EMBEDDING_NAMES]
 
 
+def freeze_norm_statistics(module: nn.Module) -> None:
+    """Batch-norm running statistics of a frozen backbone stay as pretrained (momentum 0).
+
+    They are buffers, not parameters: training would drift them even with every weight frozen, and an adapter
+    save (which keeps only adapters and the head) would lose the drift, so the reloaded model would differ.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = 0.0
+
+
 def _frozen_backbone(model: nn.Module, name: str, cached: bool) -> Adapted:
+    freeze_norm_statistics(model.backbone)
     set_trainable(model, False)
     set_trainable(getattr(model, HEAD), True)
     return Adapted(model, name, frozen_backbone=cached, frozen=["backbone"])
@@ -148,12 +160,19 @@ def _peft_table(method: str, kind: str) -> dict:
 
 
 def default_target_modules(model: nn.Module, method: str) -> list[str]:
-    """peft's own defaults for the backbone family, then hftl's table, then every linear layer of the backbone."""
+    """peft's own defaults for the backbone family, then hftl's table, then every linear (else conv) layer."""
     model_type = model.backbone.config.model_type
     for table in (_peft_table(method, "TARGET_MODULES"), _peft_table("lora", "TARGET_MODULES"), TARGET_MODULES):
         if model_type in table:
             return list(table[model_type])
-    return sorted({n.rsplit(".", 1)[-1] for n, m in model.backbone.named_modules() if isinstance(m, nn.Linear)})
+    for kind in (nn.Linear, nn.Conv2d):  # every linear layer; convolutional nets (ResNet) have none: their convs
+        kinds: dict[str, set[bool]] = {}
+        for n, m in model.backbone.named_modules():
+            kinds.setdefault(n.rsplit(".", 1)[-1], set()).add(isinstance(m, kind))
+        names = sorted(k for k, v in kinds.items() if v == {True})  # a name that also names another module: out
+        if names:
+            return names
+    raise ConfigError(f"no layer for an adapter found in a {model_type} backbone: set strategy.peft.target_modules")
 
 
 def peft_strategy(model: nn.Module, cfg: StrategyConfig) -> Adapted:
@@ -180,6 +199,7 @@ def peft_strategy(model: nn.Module, cfg: StrategyConfig) -> Adapted:
             f"valid: {sorted(k for k in fields if not k.startswith('_'))}"
         )
     peft_config = config_cls(**args)
+    freeze_norm_statistics(model.backbone)
     peft_model = get_peft_model(model, peft_config)
     return Adapted(peft_model, cfg.name, frozen=["backbone (except adapters)"], peft_config=peft_config.to_dict())
 

@@ -1,12 +1,15 @@
 """One explicit Accelerate training loop for every strategy and modality.
 
 Gradient accumulation and clipping, warmup + schedule, evaluation on validation each epoch, early stopping,
-the best weights kept, checkpoints each epoch (written atomically) that ``resume`` continues from. The
-``Accelerator`` is passed in, never global.
+the best weights kept, checkpoints every ``train.checkpoint_every`` optimizer steps and at each epoch's end
+(written atomically) that ``train.resume`` continues from, mid-epoch included. The ``Accelerator`` is passed
+in, never global. A run takes the same optimizer steps on 1 or N processes: each train-loader batch holds one
+accumulation step of all processes together, and accelerate splits it (``split_batches``).
 
 Example:
     >>> accelerator = make_accelerator(cfg.train)  # doctest: +SKIP
-    >>> result = fit(model, train_loader, val_loader, accelerator, cfg.train, ["accuracy"])  # doctest: +SKIP
+    >>> loader = make_loader(ds, train_batch(cfg.train, accelerator), collate, shuffle=True)  # doctest: +SKIP
+    >>> model, state = fit(model, loader, val_loader, accelerator, cfg.train, ["accuracy"])  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -14,13 +17,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
+import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import DistributedType, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -31,13 +38,29 @@ from hftl.metrics import compute_metrics
 
 log = logging.getLogger(__name__)
 _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight", "layernorm.weight")
+KILL_ENV = "HFTL_TEST_KILL_AT"
 
 
 def make_accelerator(cfg: TrainConfig, **kwargs) -> Accelerator:
-    """fp32 on CPU, bf16 on GPUs that have it (``mixed_precision: auto``)."""
+    """The run's Accelerator: precision, accumulation, and train batches split over the processes.
+
+    Each train batch is split over the processes (``split_batches``): an optimizer step sees the same examples on
+    1 or N processes, and accelerate steps the LR schedule once per optimizer step (without it, it steps it once
+    per process, for schedules counted in single-process steps).
+    ``mixed_precision: auto`` is bf16 on GPUs that have it, fp32 elsewhere. A launch of several processes on a
+    machine with no accelerator runs DDP over gloo on the CPU: ``accelerate launch --multi_gpu`` and ``torchrun``
+    do not pass ``use_cpu`` on, and without ``cpu=True`` each process would silently train alone.
+
+    Example:
+        >>> accelerator = make_accelerator(TrainConfig(mixed_precision="no"))  # doctest: +SKIP
+    """
     precision = cfg.mixed_precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    device = getattr(torch, "accelerator", None)  # torch >= 2.6: CUDA, XPU, MPS, ...
+    kwargs.setdefault("cpu", launched and not (device.is_available() if device else torch.cuda.is_available()))
+    kwargs.setdefault("dataloader_config", DataLoaderConfiguration(split_batches=True))
     return Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum, **kwargs)
 
 
@@ -50,11 +73,35 @@ def per_device_batch(cfg: TrainConfig, accelerator: Accelerator) -> int:
     return size
 
 
+def train_batch(cfg: TrainConfig, accelerator: Accelerator) -> int:
+    """Size of the train loader's batches: one accumulation step of all processes, which accelerate splits.
+
+    The examples of each optimizer step are then the same on 1 or N processes (with 4, each gets 4 of the 16 here).
+
+    Example:
+        >>> train_batch(TrainConfig(batch_size=32, grad_accum=2), accelerator)  # doctest: +SKIP
+        16
+    """
+    return per_device_batch(cfg, accelerator) * accelerator.num_processes
+
+
+def eval_batch(cfg: TrainConfig, accelerator: Accelerator) -> int:
+    """``train.eval_batch_size`` rounded down to a multiple of the process count (accelerate splits it evenly)."""
+    n = accelerator.num_processes
+    return max(n, cfg.eval_batch_size // n * n)
+
+
 def make_loader(ds, batch_size: int, collate, *, shuffle: bool, seed: int = 0, group: bool = True,
                 num_workers: int = 0) -> DataLoader:
+    """Length-grouped batches, reshuffled per epoch by ``set_epoch``.
+
+    The loader has its own generator: making an iterator draws a seed from it, and from the global RNG otherwise,
+    which would shift the dropout of a run resumed mid-epoch.
+    """
     lengths = ds["length"] if "length" in ds.column_names else [0] * len(ds)
     batches = LengthGroupedBatches(lengths, batch_size, shuffle, seed, group and "length" in ds.column_names)
-    return DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=num_workers)
+    return DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=num_workers,
+                      generator=torch.Generator().manual_seed(seed))
 
 
 def param_groups(model: torch.nn.Module, lr: float, head_lr: float, weight_decay: float) -> list[dict]:
@@ -67,6 +114,22 @@ def param_groups(model: torch.nn.Module, lr: float, head_lr: float, weight_decay
         decay = 0.0 if p.ndim < 2 or any(k in name for k in _NO_DECAY) else weight_decay
         groups.setdefault((head_lr if is_head and head_lr else lr, decay), []).append(p)
     return [{"params": ps, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), ps in groups.items()]
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute the backbone's activations during backward, through a peft wrapper too.
+
+    Non-reentrant checkpointing: the reentrant kind gives adapters no gradient when a block's inputs come from
+    frozen embeddings.
+
+    Example:
+        >>> enable_gradient_checkpointing(adapted.model)  # doctest: +SKIP
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers 5.x's name; the old one warns
+        base.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _model_inputs(batch: dict) -> dict:
@@ -99,43 +162,111 @@ class LoopState:
 
     epoch: int = 0
     step: int = 0
+    batch: int = 0  # batches of the current epoch already trained (a mid-epoch checkpoint resumes after them)
+    epoch_loss: float = 0.0  # their summed loss, averaged over processes
     best_score: float = -math.inf
     best_epoch: int = -1
     bad_epochs: int = 0
     history: list = field(default_factory=list)
 
 
-def _trainable_state(model) -> dict:
-    """A CPU copy of the tensors that training changes (trainable parameters and buffers)."""
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    buffers = {n for n, _ in model.named_buffers()}
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in trainable | buffers}
+def _kill_point(name: str) -> None:
+    """Crash tests: ``HFTL_TEST_KILL_AT=step-N`` (after optimizer step N) or ``checkpoint-N`` (checkpoint N half
+    written) SIGKILLs the process there. Unset in real runs, where this is one dictionary lookup."""
+    if os.environ.get(KILL_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _save_checkpoint(accelerator: Accelerator, ckpt_dir: Path, state: LoopState, best: dict | None, keep: int) -> None:
-    """Write to a temporary folder, then rename: a crash mid-write leaves the previous checkpoint whole."""
-    final = ckpt_dir / f"epoch-{state.epoch:04d}"
+def _saved_names(model: torch.nn.Module) -> set[str]:
+    """State-dict names of what training changes (trainable parameters, buffers), read before any wrapping."""
+    return {n for n, p in model.named_parameters() if p.requires_grad} | {n for n, _ in model.named_buffers()}
+
+
+def _trainable_state(accelerator: Accelerator, model, names: set[str]) -> dict:
+    """A CPU copy of the tensors that training changes, gathered whole (FSDP, ZeRO-3) on the main process.
+
+    Every process must call it: gathering sharded weights is collective.
+    """
+    state = accelerator.get_state_dict(model)
+    return {k: v.detach().cpu().clone() for k, v in state.items() if k in names}
+
+
+def _load_trainable(accelerator: Accelerator, model, state: dict) -> None:
+    """Put tensors from ``_trainable_state`` back; sharded models take them from the main process."""
+    if accelerator.distributed_type == DistributedType.FSDP:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
+        set_model_state_dict(model, state, options=options)
+    elif accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.deepspeed_config.get(
+            "zero_optimization", {}).get("stage") == 3:
+        import deepspeed
+
+        module = accelerator.unwrap_model(model)
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=0):
+            if accelerator.is_main_process:
+                module.load_state_dict(state, strict=False)
+    else:
+        accelerator.unwrap_model(model).load_state_dict(state, strict=False)
+
+
+def save_checkpoint(accelerator: Accelerator, ckpt_dir: Path, state: LoopState, best: dict | None, keep: int) -> Path:
+    """Model, optimizer, scheduler, RNG of every process (accelerate's save_state), loop state and best weights.
+
+    Written to a temporary folder then renamed: a crash mid-write leaves the previous checkpoints whole, and the
+    temporary folder is never taken for a checkpoint. Only the ``keep`` newest are kept.
+    """
+    final = ckpt_dir / f"step-{state.step:08d}"
     tmp = ckpt_dir / f".tmp-{final.name}"
-    accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
-        (tmp / "hftl_state.json").write_text(json.dumps(asdict(state)))
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    _kill_point(f"checkpoint-{state.step}")
+    accelerator.wait_for_everyone()  # each process has written its RNG state before the folder moves
+    if accelerator.is_main_process:
         if best is not None:
             torch.save(best, tmp / "best_trainable.pt")
-        shutil.rmtree(final, ignore_errors=True)
+        (tmp / "hftl_state.json").write_text(json.dumps(asdict(state)))
         tmp.rename(final)
-        for old in sorted(ckpt_dir.glob("epoch-*"))[:-keep]:
+        for old in sorted(ckpt_dir.glob("step-*"))[:-max(keep, 1)]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+    return final
 
 
-def last_checkpoint(ckpt_dir: Path) -> Path | None:
-    done = sorted(p for p in Path(ckpt_dir).glob("epoch-*") if (p / "hftl_state.json").exists())
+def last_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint in ``ckpt_dir`` (a folder a crash left half written is not one)."""
+    done = sorted(p for p in Path(ckpt_dir).glob("step-*") if (p / "hftl_state.json").exists())
     return done[-1] if done else None
 
 
-def _train_epoch(model, loader, optimizer, scheduler, accelerator, cfg: TrainConfig, state: LoopState) -> float:
+def _start(accelerator: Accelerator, ckpt_dir: Path | None, resume: bool) -> tuple[LoopState, dict | None]:
+    """Load the last complete checkpoint when resuming; a fresh run deletes the folder's old checkpoints."""
+    last = last_checkpoint(ckpt_dir) if ckpt_dir and resume else None
+    accelerator.wait_for_everyone()  # every process has chosen before the main one cleans up
+    if ckpt_dir and accelerator.is_main_process:
+        for path in [*ckpt_dir.glob(".tmp-*"), *([] if resume else [ckpt_dir])]:
+            shutil.rmtree(path, ignore_errors=True)
+    if last is None:
+        if resume:
+            accelerator.print(f"train.resume: no complete checkpoint in {ckpt_dir}, starting from the beginning")
+        return LoopState(), None
+    accelerator.load_state(str(last))
+    state = LoopState(**json.loads((last / "hftl_state.json").read_text()))
+    best = torch.load(last / "best_trainable.pt") if (last / "best_trainable.pt").exists() else None
+    accelerator.print(f"resumed from {last} (epoch {state.epoch}, batch {state.batch}, step {state.step})")
+    return state, best
+
+
+def _train_epoch(model, loader, optimizer, scheduler, accelerator: Accelerator, cfg: TrainConfig,
+                 state: LoopState, checkpoint: Callable[[], None] | None) -> float:
+    """The epoch ``state.epoch`` (its remaining batches when resumed mid-epoch); its mean train loss."""
     model.train()
-    total, count = torch.zeros((), device=accelerator.device), 0
+    loader.set_epoch(state.epoch)  # accelerate's loader re-sets our sampler's epoch from its own count
+    if state.batch:
+        loader = accelerator.skip_first_batches(loader, state.batch)
+    total = torch.tensor(state.epoch_loss, device=accelerator.device)
     bar = tqdm(loader, desc=f"epoch {state.epoch + 1}", leave=False, disable=not accelerator.is_local_main_process)
     for batch in bar:
         with accelerator.accumulate(model):
@@ -147,54 +278,84 @@ def _train_epoch(model, loader, optimizer, scheduler, accelerator, cfg: TrainCon
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         total += loss.detach()  # summed on device: no host sync per step
-        count += 1
-        state.step += int(accelerator.sync_gradients)
-    return float(accelerator.reduce(total, "mean")) / max(count, 1)
+        state.batch += 1
+        if not accelerator.sync_gradients:
+            continue
+        state.step += 1
+        _kill_point(f"step-{state.step}")
+        end = accelerator.gradient_state.end_of_dataloader  # the epoch's own checkpoint follows evaluation
+        if checkpoint and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and not end:
+            state.epoch_loss = float(accelerator.reduce(total, "mean"))
+            checkpoint()
+    loss = float(accelerator.reduce(total, "mean")) / max(state.batch, 1)
+    state.batch, state.epoch_loss = 0, 0.0
+    return loss
+
+
+def _end_epoch(state: LoopState, cfg: TrainConfig, train_loss: float, scores: dict, seconds: float,
+               accelerator: Accelerator) -> bool:
+    """Record the epoch in the loop state and the log; whether validation improved."""
+    state.epoch += 1
+    state.history.append({"epoch": state.epoch, "train_loss": train_loss, "validation": scores, "seconds": seconds})
+    score = scores[cfg.metric_for_best] * (-1 if cfg.metric_for_best == "loss" else 1)
+    improved = score > state.best_score
+    if improved:
+        state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
+    else:
+        state.bad_epochs += 1
+    accelerator.print(f"epoch {state.epoch}: train_loss {train_loss:.4f} " + " ".join(
+        f"val_{k} {v:.4f}" for k, v in scores.items()) + f" ({seconds:.1f} s)" + (" *best*" if improved else ""))
+    return improved
 
 
 def fit(model, train_loader: DataLoader, val_loader: DataLoader, accelerator: Accelerator, cfg: TrainConfig,
-        metrics: list[str], *, checkpoint_dir: str | Path | None = None, resume: bool = False,
-        keep_checkpoints: int = 1) -> tuple[object, LoopState]:
-    """Train with evaluation each epoch; return the prepared model loaded with its best weights, and the state."""
+        metrics: list[str], *, checkpoint_dir: str | Path | None = None,
+        resume: bool = False) -> tuple[object, LoopState]:
+    """Train with evaluation each epoch; return the prepared model loaded with its best weights, and the state.
+
+    ``train_loader`` yields batches of ``train_batch(cfg, accelerator)`` examples (split over the processes).
+    Dropout differs per process (seed + process index); initial weights are the caller's, the same everywhere.
+
+    Example:
+        >>> model, state = fit(model, loader, val_loader, accelerator, cfg.train, ["accuracy"],  # doctest: +SKIP
+        ...                    checkpoint_dir="runs/x/checkpoints", resume=True)
+    """
     groups = param_groups(model, cfg.lr, cfg.head_lr, cfg.weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=torch.cuda.is_available() or None)
-    steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / cfg.grad_accum)
-    epochs = math.ceil(cfg.epochs)
-    total_steps = max(1, int(steps_per_epoch * cfg.epochs))
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)
+    epochs, total_steps = math.ceil(cfg.epochs), max(1, int(steps_per_epoch * cfg.epochs))
     scheduler = get_scheduler(cfg.scheduler, optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    names = _saved_names(model)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    if cfg.compile:
+        model.compile()  # in place: parameter names stay (a torch.compile wrapper would prefix them)
     batches = train_loader.batch_sampler  # ours, before accelerate wraps it for sharding
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler)
-    state, best = LoopState(), None
+    accelerator.print(f"effective batch {cfg.batch_size} = {per_device_batch(cfg, accelerator)} per process x "
+                      f"{accelerator.num_processes} processes x {cfg.grad_accum} accumulation steps; "
+                      f"{steps_per_epoch} steps per epoch, {total_steps} in all")
+    set_seed(cfg.seed, device_specific=True)  # dropout differs per process; a resumed run restores RNG next
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
-    if resume and ckpt_dir and (last := last_checkpoint(ckpt_dir)):
-        accelerator.load_state(str(last))
-        state = LoopState(**json.loads((last / "hftl_state.json").read_text()))
-        best = torch.load(last / "best_trainable.pt") if (last / "best_trainable.pt").exists() else None
-        accelerator.print(f"resumed from {last} (epoch {state.epoch}, step {state.step})")
+    state, best = _start(accelerator, ckpt_dir, resume)
+
+    def checkpoint() -> None:  # reads state and best as they are when called
+        save_checkpoint(accelerator, ckpt_dir, state, best, cfg.keep_checkpoints)
+
     while state.epoch < epochs and state.step < total_steps:
         start = time.perf_counter()
         batches.set_epoch(state.epoch)
-        train_loss = _train_epoch(model, train_loader, optimizer, scheduler, accelerator, cfg, state)
+        train_loss = _train_epoch(model, train_loader, optimizer, scheduler, accelerator, cfg, state,
+                                  checkpoint if ckpt_dir else None)
         scores = evaluate(model, val_loader, accelerator, metrics, "validation")
-        state.epoch += 1
-        state.history.append({"epoch": state.epoch, "train_loss": train_loss, "validation": scores,
-                              "seconds": time.perf_counter() - start})
-        score = scores[cfg.metric_for_best] * (-1 if cfg.metric_for_best == "loss" else 1)
-        improved = score > state.best_score
-        if improved:
-            state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
-            best = _trainable_state(accelerator.unwrap_model(model))
-        else:
-            state.bad_epochs += 1
-        accelerator.print(f"epoch {state.epoch}: train_loss {train_loss:.4f} " + " ".join(
-            f"val_{k} {v:.4f}" for k, v in scores.items()) + f" ({state.history[-1]['seconds']:.1f} s)"
-            + (" *best*" if improved else ""))
+        if _end_epoch(state, cfg, train_loss, scores, time.perf_counter() - start, accelerator):
+            best = _trainable_state(accelerator, model, names)
         if ckpt_dir:
-            _save_checkpoint(accelerator, ckpt_dir, state, best, keep_checkpoints)
+            checkpoint()
         if cfg.early_stopping_patience and state.bad_epochs >= cfg.early_stopping_patience:
             accelerator.print(f"early stopping: no improvement of {cfg.metric_for_best} for {state.bad_epochs} epochs")
             break
     if best is not None:
-        accelerator.unwrap_model(model).load_state_dict(best, strict=False)
+        _load_trainable(accelerator, model, best)
     return model, state

@@ -3,8 +3,10 @@
     accelerate launch recipes/finetune.py --config recipes/configs/text/minilm-rt-lora.yaml output_dir=runs/lora
     python recipes/finetune.py --config recipes/configs/text/minilm-rt-linear_probe.yaml train.epochs=5
     hftl finetune --config recipes/configs/text/minilm-rt-full.yaml
+    accelerate launch --config_file recipes/accelerate/cpu-ddp-2.yaml recipes/finetune.py train.resume=true
 
-The strategy (``strategy.name``) is a config value: linear_probe, head, full, freeze_n, or any peft method.
+Launcher settings (CPU, DDP, FSDP, DeepSpeed) are in recipes/accelerate/; train.batch_size is the effective batch
+whatever the number of processes. The strategy (``strategy.name``) is a config value: linear_probe, head, full, freeze_n, or any peft method.
 Writes the run directory (config.yaml, metrics.json, model/, README.md) to ``output_dir``.
 """
 
@@ -15,15 +17,18 @@ import time
 
 import hftl
 from hftl.config import Config
+from hftl.data import encode, modality_of
+from hftl.train import eval_batch, train_batch
 
 
 def main(cfg: Config) -> dict:
     accelerator = hftl.make_accelerator(cfg.train)
+    if cfg.hub.push and accelerator.is_main_process:  # fail before any training time is spent
+        hftl.check_push_access(cfg.hub.repo_id)
     hftl.set_seed(cfg.train.seed)
     splits = hftl.load_splits(cfg.data)
     labels = hftl.label_names(splits)
     processor = hftl.load_processor(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
-    encoded = hftl.encode_text(splits, processor, "text", cfg.model.max_length)
     model = hftl.load_classifier(
         cfg.model.name, len(labels), id2label=dict(enumerate(labels)), revision=cfg.model.revision,
         pooling=cfg.model.pooling, head_hidden=cfg.model.head_hidden, head_dropout=cfg.model.head_dropout,
@@ -31,18 +36,22 @@ def main(cfg: Config) -> dict:
     )
     adapted = hftl.apply_strategy(model, cfg.strategy)
     accelerator.print(f"strategy {adapted.strategy}: {adapted.trainable:,} of {adapted.total:,} parameters train")
+    # the modality comes from the processor; train images are augmented unless features are cached
+    encoded, skipped = encode(splits, processor, cfg.data, max_length=cfg.model.max_length,
+                              augment=not adapted.frozen_backbone, seed=cfg.train.seed)
     start = time.perf_counter()
+    eval_size = eval_batch(cfg.train, accelerator)
     collate = hftl.collator_for(processor)
     if adapted.frozen_backbone:  # linear probe: one backbone pass, then the head trains on cached features
         model.to(accelerator.device)
-        encoded = hftl.as_feature_datasets(model, encoded, collate, accelerator, cfg.train.eval_batch_size)
+        encoded = hftl.as_feature_datasets(model, encoded, collate, accelerator, eval_size)
         collate = hftl.stack_collate
     feature_seconds = time.perf_counter() - start
-    batch = hftl.per_device_batch(cfg.train, accelerator)
+    batch = train_batch(cfg.train, accelerator)  # one accumulation step of all processes; accelerate splits it
     loader = hftl.make_loader(encoded["train"], batch, collate, shuffle=True, seed=cfg.train.seed,
                               group=cfg.train.group_by_length, num_workers=cfg.train.num_workers)
     val_loader, test_loader = (
-        hftl.make_loader(encoded[s], cfg.train.eval_batch_size, collate, shuffle=False) for s in ("validation", "test"))
+        hftl.make_loader(encoded[s], eval_size, collate, shuffle=False) for s in ("validation", "test"))
     trained, state = hftl.fit(adapted.model, loader, val_loader, accelerator, cfg.train, cfg.eval.metrics,
                               checkpoint_dir=f"{cfg.output_dir}/checkpoints", resume=cfg.train.resume)
     train_seconds = time.perf_counter() - start
@@ -54,13 +63,20 @@ def main(cfg: Config) -> dict:
                   "steps": state.step, "best_epoch": state.best_epoch, "examples": len(encoded["train"]),
                   "trainable_params": adapted.trainable, "total_params": adapted.total},
         "history": state.history,
+        "data": {"skipped": skipped},
     }
     accelerator.print(f"test: {metrics['test']}")
+    state_dict = accelerator.get_state_dict(trained)  # all processes: gathers FSDP / ZeRO-3 shards on the main one
     if accelerator.is_main_process:
-        facts = hftl.transfer_facts(adapted, model, labels, splits, modality="text")
-        hftl.save_run(cfg.output_dir, cfg, accelerator.unwrap_model(trained), processor, metrics, facts)
+        facts = hftl.transfer_facts(adapted, model, labels, splits, modality=modality_of(processor))
+        hftl.save_run(cfg.output_dir, cfg, accelerator.unwrap_model(trained), processor, metrics, facts,
+                      state_dict=state_dict)
         accelerator.print(f"run saved to {cfg.output_dir}")
+        if cfg.hub.push:
+            url = hftl.push(cfg.output_dir, cfg.hub.repo_id, private=cfg.hub.private, revision=cfg.hub.revision or None)
+            accelerator.print(f"pushed to {url}")
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # closes the process group: gloo can abort at exit when it is left open
     return metrics
 
 

@@ -1,0 +1,33 @@
+"""Text: tokenize without padding (each batch is padded to its own longest), keep ``label`` and ``length``.
+
+Example:
+    >>> encoded = encode_text(splits, tokenizer, "text", max_length=128)  # doctest: +SKIP
+    >>> collate = text_collator(tokenizer)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from datasets import DatasetDict
+
+
+def encode_text(splits: DatasetDict, tokenizer, column: str, max_length: int) -> DatasetDict:
+    """Tokenize without padding (batches are padded to their own longest); keep ``label`` and ``length``."""
+
+    def encode(batch: dict) -> dict:
+        out = tokenizer(batch[column], truncation=True, max_length=max_length)
+        out["length"] = [len(ids) for ids in out["input_ids"]]
+        return out
+
+    return DatasetDict(
+        {
+            name: ds.map(encode, batched=True, remove_columns=[c for c in ds.column_names if c != "label"])
+            for name, ds in splits.items()
+        }
+    )
+
+
+def text_collator(tokenizer):
+    """Pads each batch to its own longest sequence (dynamic padding)."""
+    from transformers import DataCollatorWithPadding
+
+    return DataCollatorWithPadding(tokenizer)

@@ -1,0 +1,85 @@
+"""Zero-shot and few-shot evaluation: the rungs of the transfer ladder below full fine-tuning.
+
+* zero-shot (``zero_shot``): text by embedding similarity to label prompts or by NLI entailment; images
+  (CLIP/SigLIP) and audio (CLAP) through their text tower; prompt templates x label descriptions, ensembled.
+* few-shot (``fewshot``, ``tuned``): k labelled examples per class, resampled support sets, mean, std and a t-based
+  95% interval per k, for every method of ``METHODS`` (prototype, probe, setfit, lora); optional transductive
+  refinement over the unlabelled evaluation inputs, reported apart.
+
+Example:
+    >>> from hftl.shots import METHODS, summarize
+    >>> sorted(METHODS)
+    ['lora', 'probe', 'prototype', 'setfit']
+"""
+
+from __future__ import annotations
+
+from hftl.config import ConfigError, ShotsConfig
+from hftl.shots import tuned  # noqa: F401 - registers setfit and lora
+from hftl.shots.fewshot import (
+    METHODS,
+    Prediction,
+    ShotContext,
+    check_methods,
+    few_shot_curve,
+    logistic_probs,
+    prototype_probs,
+    register_method,
+    soft_kmeans,
+)
+from hftl.shots.stats import summarize
+from hftl.shots.support import support_indices
+from hftl.shots.tuned import embed, pair_cosine_loss
+from hftl.shots.zero_shot import (
+    DEFAULT_TEMPLATES,
+    class_prompts,
+    entailment_index,
+    is_nli_model,
+    text_encoder,
+    zero_shot_dual,
+    zero_shot_embedding,
+    zero_shot_nli,
+)
+
+__all__ = [
+    "DEFAULT_TEMPLATES",
+    "METHODS",
+    "Prediction",
+    "ShotContext",
+    "check_methods",
+    "check_shots_config",
+    "class_prompts",
+    "embed",
+    "entailment_index",
+    "few_shot_curve",
+    "is_nli_model",
+    "logistic_probs",
+    "pair_cosine_loss",
+    "prototype_probs",
+    "register_method",
+    "soft_kmeans",
+    "summarize",
+    "support_indices",
+    "text_encoder",
+    "zero_shot_dual",
+    "zero_shot_embedding",
+    "zero_shot_nli",
+]
+
+
+def check_shots_config(cfg: ShotsConfig) -> None:
+    """Values of the ``shots`` section that types alone cannot check; ConfigError names the key."""
+    check_methods(list(cfg.methods))
+    if not cfg.ks or any(not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in cfg.ks):
+        raise ConfigError(f"shots.ks={cfg.ks!r} must be a non-empty list of positive integers")
+    if len(set(cfg.seeds)) < 2 or any(not isinstance(s, int) or isinstance(s, bool) for s in cfg.seeds):
+        raise ConfigError(f"shots.seeds={cfg.seeds!r} must list at least 2 distinct integer seeds (for the spread)")
+    for key in ("setfit_steps", "lora_steps", "batch_size"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"shots.{key}={getattr(cfg, key)} must be at least 1")
+    for key in ("probe_c", "setfit_lr", "lora_lr"):
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"shots.{key}={getattr(cfg, key)} must be positive")
+    bad = [t for t in cfg.templates if not isinstance(t, str) or "{}" not in t]
+    if bad:
+        raise ConfigError(f"shots.templates must each hold {{}} for the label description; these do not: {bad}")

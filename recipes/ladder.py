@@ -1,0 +1,158 @@
+"""The transfer ladder: zero-shot, the few-shot curve, full-data fine-tuning, on one task and one plot.
+
+    hftl ladder --config recipes/configs/text/minilm-rt-ladder.yaml
+    python recipes/ladder.py --config recipes/configs/text/minilm-rt-ladder.yaml "shots.methods=[prototype,probe]"
+    hftl ladder --config recipes/configs/text/minilm-rt-ladder.yaml shots.full=false "shots.ks=[4,16]"
+
+Frozen features of the train and evaluation splits are computed once (and cached) and reused by zero-shot, by
+every k and seed of the frozen methods, and by a ``linear_probe`` full rung. The full rung is
+``recipes/finetune.py`` with ``strategy.name`` (its run directory: ``output_dir/full``). Writes
+``output_dir/config.yaml``, ``metrics.json`` (``zero_shot``, ``few_shot``, ``few_shot_transductive``, ``full``,
+``majority``, ``cost``, ``seconds``) and ``ladder.png``. The zero- and few-shot stages run on the main process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import hftl
+from hftl.config import Config, save_config
+from hftl.features import cache_dir
+from hftl.shots import ShotContext, few_shot_curve, is_nli_model, text_encoder, zero_shot_embedding, zero_shot_nli
+
+
+def zero_shot(
+    cfg: Config, model, tokenizer, labels: list[str], query_texts: list[str], query_features: torch.Tensor
+) -> tuple[str, torch.Tensor]:
+    """Zero-shot scores on the evaluation split: NLI entailment for NLI checkpoints, else prompt similarity."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    kwargs = hftl.resolve(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+    mode = cfg.shots.zero_shot
+    if mode == "auto":
+        mode = "nli" if is_nli_model(AutoConfig.from_pretrained(cfg.model.name, **kwargs)) else "embedding"
+    templates, descriptions = cfg.shots.templates or None, cfg.shots.label_descriptions
+    if mode == "nli":
+        nli = AutoModelForSequenceClassification.from_pretrained(cfg.model.name, **kwargs).to(model.device)
+        return mode, zero_shot_nli(
+            nli,
+            tokenizer,
+            query_texts,
+            labels,
+            descriptions=descriptions,
+            templates=templates,
+            max_length=cfg.model.max_length,
+        )
+    encode = text_encoder(model, tokenizer, max_length=cfg.model.max_length)
+    return mode, zero_shot_embedding(encode, query_features, labels, descriptions=descriptions, templates=templates)
+
+
+def frozen_features(cfg: Config, model, encoded, collate, accelerator, splits: tuple[str, ...]) -> tuple[dict, dict]:
+    """Cached features of the splits, and what they cost: seconds, and whether the backbone ran (not the cache)."""
+    before = set(cache_dir().glob("*.safetensors"))
+    start = time.perf_counter()
+    feats = {
+        s: hftl.cached_features(model, encoded[s], collate, accelerator, cfg.train.eval_batch_size) for s in splits
+    }
+    seconds = time.perf_counter() - start
+    computed = bool(set(cache_dir().glob("*.safetensors")) - before)
+    return feats, {
+        "backbone_pass_seconds": seconds,
+        "backbone_ran": int(computed),
+        "examples": sum(len(encoded[s]) for s in splits),
+    }
+
+
+def cost_line(cost: dict, few: dict, cfg: Config) -> str:
+    """The price of the frozen rungs against one backbone pass: (pass + every k x seed fit) / pass."""
+    frozen = sum(few["seconds"][m]["inductive"] for m in ("prototype", "probe") if m in few["seconds"])
+    cost["frozen_methods_seconds"] = frozen
+    cost["ratio_to_one_pass"] = (cost["backbone_pass_seconds"] + frozen) / max(cost["backbone_pass_seconds"], 1e-9)
+    runs = len(cfg.shots.ks) * len(cfg.shots.seeds)
+    note = "" if cost["backbone_ran"] else " (features came from the cache: the pass time is a load time)"
+    return (
+        f"cost: one backbone pass over {cost['examples']} examples {cost['backbone_pass_seconds']:.1f} s; "
+        f"{runs} support sets x {[m for m in ('prototype', 'probe') if m in few['seconds']]} {frozen:.1f} s; "
+        f"ladder / pass = {cost['ratio_to_one_pass']:.3f}{note}"
+    )
+
+
+def main(cfg: Config) -> dict:
+    start = time.perf_counter()
+    accelerator = hftl.make_accelerator(cfg.train)
+    hftl.set_seed(cfg.train.seed)
+    splits = hftl.load_splits(cfg.data)
+    labels, split = hftl.label_names(splits), cfg.shots.split
+    processor = hftl.load_processor(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+    encoded = hftl.encode_text(splits, processor, "text", cfg.model.max_length)
+    model = hftl.load_classifier(
+        cfg.model.name,
+        len(labels),
+        id2label=dict(enumerate(labels)),
+        revision=cfg.model.revision,
+        pooling=cfg.model.pooling,
+        head_hidden=cfg.model.head_hidden,
+        head_dropout=cfg.model.head_dropout,
+        trust_remote_code=cfg.model.trust_remote_code,
+        dtype=cfg.model.dtype,
+    ).to(accelerator.device)
+    collate = hftl.collator_for(processor)
+    feats, cost = frozen_features(cfg, model, encoded, collate, accelerator, ("train", split))
+    train_labels, query_labels = feats["train"]["labels"], feats[split]["labels"]
+    majority = float((query_labels == train_labels.bincount().argmax()).float().mean())
+    metrics: dict = {"majority": majority, "cost": cost, "seconds": {"features": cost["backbone_pass_seconds"]}}
+    if accelerator.is_main_process:
+        if cfg.shots.zero_shot != "none":
+            t0 = time.perf_counter()
+            mode, scores = zero_shot(cfg, model, processor, labels, splits[split]["text"], feats[split]["features"])
+            accuracy = float((scores.argmax(-1) == query_labels).float().mean())
+            metrics["zero_shot"] = {"accuracy": accuracy, "seconds": time.perf_counter() - t0}
+            accelerator.print(f"zero-shot ({mode}) on {split}: accuracy {accuracy:.3f} (majority {majority:.3f})")
+        ctx = ShotContext(
+            feats["train"]["features"],
+            train_labels,
+            feats[split]["features"],
+            query_labels,
+            len(labels),
+            model=model,
+            train_inputs=encoded["train"],
+            query_inputs=encoded[split],
+            collate=collate,
+            batch_size=cfg.train.eval_batch_size,
+        )
+        few = few_shot_curve(ctx, cfg.shots, report=accelerator.print)
+        metrics["few_shot"] = few["inductive"]
+        if "transductive" in few:
+            metrics["few_shot_transductive"] = few["transductive"]
+        metrics["seconds"]["few_shot"] = few["seconds"]
+        accelerator.print(cost_line(cost, few, cfg))
+    accelerator.wait_for_everyone()
+    if cfg.shots.full:
+        from hftl.recipes import finetune
+
+        t0 = time.perf_counter()
+        full = finetune.main(dataclasses.replace(cfg, output_dir=f"{cfg.output_dir}/full"))
+        metrics["full"] = {k: full[k] for k in ("test", "validation", "train")}
+        metrics["seconds"]["full"] = time.perf_counter() - t0
+    metrics["seconds"]["total"] = time.perf_counter() - start
+    if accelerator.is_main_process:
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        title = f"{cfg.model.name.split('/')[-1]} on {Path(cfg.data.name).name} ({split})"
+        from hftl.report import plot_ladder
+
+        plot_ladder(metrics, out / "ladder.png", title=title)
+        accelerator.print(f"ladder written to {out}/metrics.json and ladder.png ({metrics['seconds']['total']:.0f} s)")
+    return metrics
+
+
+if __name__ == "__main__":
+    main(hftl.parse_args(sys.argv[1:]))
