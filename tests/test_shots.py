@@ -333,6 +333,7 @@ def test_ladder_writes_metrics_and_plot_features_once(tiny_cfg, tmp_path, monkey
     calls = []
     real = features.compute_features
     monkeypatch.setattr(features, "compute_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(features, "_MEMORY", {})  # earlier tests may have cached the same tiny features in memory
     overrides = [
         *tiny_cfg,
         "strategy.name=linear_probe",
