@@ -119,6 +119,17 @@ def run_k(k: int, seeds: list[int], ctx: ShotContext, splits, cfg, snapshot: str
     }
 
 
+def compare(per: dict) -> dict:
+    """hftl's setfit against the package: speed ratio, mean accuracy gain, and the gain paired by support set."""
+    ours, theirs = per["hftl_setfit"], per["setfit_package"]
+    paired = [a - b for a, b in zip(ours["accuracy"]["runs"], theirs["accuracy"]["runs"], strict=True)]
+    return {
+        "setfit_seconds_over_hftl": theirs["seconds"]["mean"] / ours["seconds"]["mean"],
+        "accuracy_gain": ours["accuracy"]["mean"] - theirs["accuracy"]["mean"],
+        "accuracy_gain_paired": summarize(paired),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ks", default="8,16")
@@ -145,10 +156,13 @@ def main() -> None:
                 f"{k:>3} {name:<15} {r['accuracy']['mean']:.3f} ± {r['accuracy']['std']:.3f}"
                 f"   {r['seconds']['mean']:7.1f}"
             )
-        ratio = per["setfit_package"]["seconds"]["mean"] / per["hftl_setfit"]["seconds"]["mean"]
-        gain = per["hftl_setfit"]["accuracy"]["mean"] - per["setfit_package"]["accuracy"]["mean"]
-        per["ratio"] = {"setfit_seconds_over_hftl": ratio, "accuracy_gain": gain}
-        print(f"{k:>3} hftl setfit vs setfit package: {ratio:.2f}x faster, accuracy {gain:+.3f}")
+        per["comparison"] = compare(per)
+        c = per["comparison"]
+        lo, hi = c["accuracy_gain_paired"]["ci95"]
+        print(
+            f"{k:>3} hftl setfit vs setfit package: {c['setfit_seconds_over_hftl']:.2f}x faster, accuracy "
+            f"{c['accuracy_gain']:+.3f} (paired by support set: 95% CI {lo:+.3f} to {hi:+.3f})"
+        )
     out = {
         "settings": {
             "model": cfg.model.name,
