@@ -14,18 +14,32 @@ from pathlib import Path
 _STYLE = {"inductive": "-", "transductive": "--"}
 
 
-def _draw_curves(ax, few_shot: dict, kind: str) -> None:
+def _draw_curves(ax, few_shot: dict, kind: str, colors: dict) -> None:
+    """One curve per method (its colour shared by both kinds), nudged sideways so that error bars stay apart."""
     for method, per_k in few_shot.items():
         ks = sorted(per_k, key=int)
-        x = [int(k) for k in ks]
+        nudge = 2 ** (0.03 * (list(colors).index(method) - (len(colors) - 1) / 2))
+        x = [int(k) * nudge for k in ks]
         mean = [per_k[k]["mean"] for k in ks]
         lower = [per_k[k]["mean"] - per_k[k]["ci95"][0] for k in ks]
         upper = [per_k[k]["ci95"][1] - per_k[k]["mean"] for k in ks]
         label = method if kind == "inductive" else f"{method} (transductive)"
-        ax.errorbar(x, mean, yerr=[lower, upper], fmt="o" + _STYLE[kind], capsize=3, markersize=4, label=label)
+        ax.errorbar(
+            x,
+            mean,
+            yerr=[lower, upper],
+            fmt="o" + _STYLE[kind],
+            capsize=3,
+            markersize=4,
+            label=label,
+            color=colors[method],
+            alpha=1.0 if kind == "inductive" else 0.6,
+        )
 
 
-def plot_ladder(metrics: dict, path: str | Path, *, title: str = "", metric: str = "accuracy") -> Path:
+def plot_ladder(
+    metrics: dict, path: str | Path, *, title: str = "", metric: str = "accuracy", full_label: str = "full fine-tuning"
+) -> Path:
     """Few-shot curves (mean with 95% CI error bars, log-x), zero-shot and full fine-tuning as horizontal lines.
 
     ``metrics`` is the ladder's ``metrics.json``: ``few_shot`` (and ``few_shot_transductive``) as
@@ -37,11 +51,13 @@ def plot_ladder(metrics: dict, path: str | Path, *, title: str = "", metric: str
     fig = Figure(figsize=(7, 4.5), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    _draw_curves(ax, metrics.get("few_shot", {}), "inductive")
-    _draw_curves(ax, metrics.get("few_shot_transductive", {}), "transductive")
+    methods = list(metrics.get("few_shot", {}))
+    colors = {m: f"C{i}" for i, m in enumerate(methods)}
+    _draw_curves(ax, metrics.get("few_shot", {}), "inductive", colors)
+    _draw_curves(ax, metrics.get("few_shot_transductive", {}), "transductive", colors)
     lines = [
         ("zero_shot", metrics.get("zero_shot", {}).get(metric), "tab:gray", "-."),
-        ("full fine-tuning", metrics.get("full", {}).get("test", {}).get(metric), "black", "-"),
+        (full_label, metrics.get("full", {}).get("test", {}).get(metric), "black", "-"),
         ("majority class", metrics.get("majority"), "tab:red", ":"),
     ]
     for label, value, color, style in lines:

@@ -149,7 +149,7 @@ def main(cfg: Config) -> dict:
         title = f"{cfg.model.name.split('/')[-1]} on {Path(cfg.data.name).name} ({split})"
         from hftl.report import plot_ladder
 
-        plot_ladder(metrics, out / "ladder.png", title=title)
+        plot_ladder(metrics, out / "ladder.png", title=title, full_label=f"all data, {cfg.strategy.name}")
         accelerator.print(f"ladder written to {out}/metrics.json and ladder.png ({metrics['seconds']['total']:.0f} s)")
     return metrics
 
