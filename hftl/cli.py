@@ -13,8 +13,10 @@ import importlib
 import sys
 
 RECIPES = {"finetune": "Fine-tune with any transfer strategy (recipes/finetune.py).",
-           "ladder": "Zero-shot, few-shot curve and full fine-tuning on one plot (recipes/ladder.py)."}
-USAGE = "usage: hftl {finetune,config,push} ...\n\n" + "\n".join(
+           "ladder": "Zero-shot, few-shot curve and full fine-tuning on one plot (recipes/ladder.py).",
+           "pretrain": "Masked-modeling pretraining, then fine-tuning if asked (recipes/pretrain_masked.py)."}
+MODULES = {"pretrain": "pretrain_masked"}  # command -> recipe module, where they differ
+USAGE = "usage: hftl {finetune,ladder,pretrain,config,push} ...\n\n" + "\n".join(
     f"  {name:<10} {text}" for name, text in {**RECIPES, "config": "List every config key with its help.",
                                                "push": "Push RUN_DIR to the Hub: hftl push RUN_DIR REPO_ID [--what "
                                                        "auto|model|adapter|merged] [--private] [--revision BRANCH]"
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             from hftl.config import parse_args
 
             cfg = parse_args(rest, prog=f"hftl {command}")
-            importlib.import_module(f"hftl.recipes.{command}").main(cfg)
+            importlib.import_module(f"hftl.recipes.{MODULES.get(command, command)}").main(cfg)
             return 0
         if command == "config":
             from hftl.config import describe

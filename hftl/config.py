@@ -143,6 +143,51 @@ class ShotsConfig:
         check_shots_config(self)
 
 
+TEXT_SOURCES = ("train", "unlabeled")
+TEXT_FILES = (".txt", ".csv", ".json", ".jsonl")
+
+
+@dataclass
+class PretrainConfig:
+    then_finetune: bool = _f(
+        False, "pretrain_masked: after the masked stage, fine-tune its model with strategy.name (one resumable run)."
+    )
+    epochs: float = _f(1.0, "Passes of the masked-modeling stage over its unlabelled data.")
+    batch_size: int = _f(32, "Effective batch of the masked stage (blocks, images or clips per optimizer step).")
+    lr: float = _f(1e-4, "Peak learning rate of the masked stage (its schedule and warmup are train.*'s).")
+    mask_rate: float = _f(
+        0.15, "Fraction masked: of tokens (text), of patch blocks (vision), of frames starting a span (speech)."
+    )
+    whole_word: bool = _f(False, "Text: mask every token of a chosen word together (whole-word masking).")
+    pack: bool = _f(True, "Text: concatenate texts and cut blocks of model.max_length tokens (no padding at all).")
+    text_sources: list = _f(
+        ["train"],
+        "Text of the stage: train (inputs of the whole train split, labels unused, data.max_train_samples ignored), "
+        "unlabeled (the source's unlabelled rows: Rotten Tomatoes plot texts), or .txt/.csv/.json files.",
+    )
+    max_samples: int = _f(0, "Use at most this many unlabelled texts, images or clips (0: all).")
+    mask_patch_size: int = _f(0, "Vision: side in pixels of the square masked blocks (0: the model's patch size).")
+    mask_span: int = _f(10, "Speech: frames per masked span (wav2vec2's mask_time_length).")
+    from_scratch: bool = _f(False, "Start from random weights of model.name's architecture instead of its weights.")
+    strategy: str = _f("full", "full, or a peft method (lora, ...) whose adapters train and are merged on save.")
+    peft: dict = _f({}, "Arguments of the stage's peft method (r, lora_alpha, target_modules, ...).")
+
+    def __post_init__(self) -> None:
+        if not 0 < self.mask_rate < 1:
+            raise ConfigError(f"pretrain.mask_rate={self.mask_rate} must be between 0 and 1")
+        if self.epochs <= 0 or self.lr <= 0 or self.batch_size < 1:
+            raise ConfigError("pretrain.epochs, pretrain.lr and pretrain.batch_size must be positive")
+        for source in self.text_sources:
+            if source not in TEXT_SOURCES and Path(str(source)).suffix.lower() not in TEXT_FILES:
+                raise ConfigError(
+                    f"pretrain.text_sources has {source!r}: use {list(TEXT_SOURCES)} or a .txt/.csv/.json file"
+                )
+        if self.strategy in ("linear_probe", "head", "freeze_n"):
+            raise ConfigError(
+                f"pretrain.strategy={self.strategy!r}: the masked stage trains with full or a peft method"
+            )
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -152,6 +197,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     hub: HubConfig = field(default_factory=HubConfig)
     shots: ShotsConfig = field(default_factory=ShotsConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     output_dir: str = field(default="runs/default", metadata={"help": "Run directory (config, metrics, model, card)."})
 
     def __post_init__(self) -> None:

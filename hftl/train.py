@@ -310,11 +310,12 @@ def _end_epoch(state: LoopState, cfg: TrainConfig, train_loss: float, scores: di
 
 def fit(model, train_loader: DataLoader, val_loader: DataLoader, accelerator: Accelerator, cfg: TrainConfig,
         metrics: list[str], *, checkpoint_dir: str | Path | None = None,
-        resume: bool = False) -> tuple[object, LoopState]:
+        resume: bool = False, evaluate_fn: Callable | None = None) -> tuple[object, LoopState]:
     """Train with evaluation each epoch; return the prepared model loaded with its best weights, and the state.
 
     ``train_loader`` yields batches of ``train_batch(cfg, accelerator)`` examples (split over the processes).
     Dropout differs per process (seed + process index); initial weights are the caller's, the same everywhere.
+    ``evaluate_fn(model, val_loader, accelerator) -> scores`` replaces the classification ``evaluate``.
 
     Example:
         >>> model, state = fit(model, loader, val_loader, accelerator, cfg.train, ["accuracy"],  # doctest: +SKIP
@@ -348,7 +349,8 @@ def fit(model, train_loader: DataLoader, val_loader: DataLoader, accelerator: Ac
         batches.set_epoch(state.epoch)
         train_loss = _train_epoch(model, train_loader, optimizer, scheduler, accelerator, cfg, state,
                                   checkpoint if ckpt_dir else None)
-        scores = evaluate(model, val_loader, accelerator, metrics, "validation")
+        scores = (evaluate_fn(model, val_loader, accelerator) if evaluate_fn  # e.g. masked-modeling scores
+                  else evaluate(model, val_loader, accelerator, metrics, "validation"))
         if _end_epoch(state, cfg, train_loss, scores, time.perf_counter() - start, accelerator):
             best = _trainable_state(accelerator, model, names)
         if ckpt_dir:

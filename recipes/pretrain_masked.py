@@ -1,0 +1,106 @@
+"""Masked modeling as continued pretraining (text, vision, speech: the modality from the model), optionally chained
+into fine-tuning on the labelled part: one config, one resumable run.
+
+    hftl pretrain --config recipes/configs/text/minilm-rt-pretrain.yaml
+    hftl pretrain --config recipes/configs/text/minilm-rt-pretrain-then-lora.yaml data.max_train_samples=256
+    accelerate launch recipes/pretrain_masked.py --config recipes/configs/vision/vit-tiny-fashion-mim-then-full.yaml
+    hftl pretrain --config ... train.resume=true     # a finished masked stage is skipped, the rest resumes
+
+Stage 1 trains the model's masked-modeling objective (``hftl.pretraining``: masked-LM with random or whole-word
+masks on packed blocks, SimMIM, wav2vec2's masked frames) on unlabelled inputs (``pretrain.text_sources``; the whole
+train split, its labels unused) with the same ``fit`` loop, checkpoints and resume as fine-tuning, and saves the
+model in Hub format to ``output_dir/pretrained`` with a plot of its history. With ``pretrain.then_finetune=true``
+the fine-tune recipe then starts from that directory with ``strategy.name`` on the labelled data
+(``data.max_train_samples`` labels) and writes its run directory to ``output_dir``; ``metrics.json`` holds both
+stages (``pretrain`` and the fine-tuning splits).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import hftl
+from hftl.config import Config, save_config
+from hftl.data import modality_of
+from hftl.pretraining import (
+    finished_stage,
+    load_masked_model,
+    masked_datasets,
+    masked_scores,
+    plot_history,
+    save_stage,
+    stage_strategy,
+)
+from hftl.train import eval_batch, train_batch
+
+
+def pretrain(cfg: Config, stage_dir: Path) -> dict:
+    """The masked-modeling stage: train, save the model to ``stage_dir`` (Hub format), return its metrics."""
+    p = cfg.pretrain
+    stage_train = dataclasses.replace(cfg.train, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, head_lr=0.0,
+                                      metric_for_best="loss", early_stopping_patience=0)
+    accelerator = hftl.make_accelerator(stage_train)
+    hftl.set_seed(cfg.train.seed)
+    processor = hftl.load_processor(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+    modality = modality_of(processor)
+    model, new = load_masked_model(cfg.model.name, modality, revision=cfg.model.revision,
+                                   trust_remote_code=cfg.model.trust_remote_code, from_scratch=p.from_scratch)
+    train, val, collate, val_collate = masked_datasets(cfg, processor, modality, model)
+    model = stage_strategy(model, p, new)
+    trainable = sum(t.numel() for t in model.parameters() if t.requires_grad)
+    accelerator.print(f"{modality} masked stage ({p.strategy}): {len(train):,} unlabelled inputs, {len(new)} new "
+                      f"head tensors, {trainable:,} parameters train")
+    start = time.perf_counter()
+    loader = hftl.make_loader(train, train_batch(stage_train, accelerator), collate, shuffle=True,
+                              seed=cfg.train.seed, group=stage_train.group_by_length,
+                              num_workers=stage_train.num_workers)
+    val_loader = hftl.make_loader(val, eval_batch(stage_train, accelerator), val_collate, shuffle=False)
+    trained, state = hftl.fit(model, loader, val_loader, accelerator, stage_train, [],
+                              checkpoint_dir=f"{cfg.output_dir}/checkpoints-pretrain", resume=cfg.train.resume,
+                              evaluate_fn=masked_scores)
+    metrics = {"validation": state.history[state.best_epoch - 1]["validation"],
+               "train": {"seconds": time.perf_counter() - start, "epochs": state.epoch, "steps": state.step,
+                         "examples": len(train), "new_head_tensors": len(new), "trainable_params": trainable,
+                         "from_scratch": int(p.from_scratch)},
+               "history": state.history}
+    if modality == "text":
+        metrics["train"]["tokens"] = int(sum(train["length"]))
+    state_dict = accelerator.get_state_dict(trained)
+    if accelerator.is_main_process:
+        save_stage(stage_dir, accelerator.unwrap_model(trained), processor, cfg.model.name, metrics,
+                   state_dict=state_dict)
+        plot_history(state.history, stage_dir / "history.png", f"{cfg.model.name}: {modality} masked stage")
+        accelerator.print(f"masked stage saved to {stage_dir} (Hub format): {metrics['validation']}")
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def main(cfg: Config) -> dict:
+    out = Path(cfg.output_dir)
+    stage_dir = out / "pretrained"
+    metrics = finished_stage(stage_dir) if cfg.train.resume else None
+    if metrics is not None:
+        print(f"train.resume: the masked stage is finished ({stage_dir}), skipping it")
+    else:
+        metrics = pretrain(cfg, stage_dir)
+    if not cfg.pretrain.then_finetune:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        (out / "metrics.json").write_text(json.dumps({"pretrain": metrics}, indent=2))
+        return {"pretrain": metrics}
+    from hftl.recipes.finetune import main as finetune
+
+    tuned = finetune(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=str(stage_dir))))
+    result = {"pretrain": metrics, **tuned}
+    if (out / "metrics.json").exists():  # the main process wrote the run directory: add the first stage
+        save_config(cfg, out / "config.yaml")
+        (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main(hftl.parse_args(sys.argv[1:]))
