@@ -66,8 +66,12 @@ def say(word: str, speaker: dict, path: Path, rng: random.Random, binary: str = 
     subprocess.run(cmd, check=True, capture_output=True)
 
 
-def generate(out: str | Path, words=WORDS, n_speakers: int = 140, repeats: int = 1, seed: int = 0) -> dict:
+def generate(
+    out: str | Path, words=WORDS, n_speakers: int = 140, repeats: int = 1, seed: int = 0, people: list | None = None
+) -> dict:
     """Write the clips and the split CSVs; return the number of clips per split.
+
+    ``people`` (from ``speakers``) replaces the ``n_speakers`` drawn by default, e.g. voices kept apart for transfer.
 
     Example:
         >>> generate("data/spoken_words", words=["yes", "no"], n_speakers=12)  # doctest: +SKIP
@@ -79,9 +83,9 @@ def generate(out: str | Path, words=WORDS, n_speakers: int = 140, repeats: int =
     out, rng = Path(out), random.Random(seed)
     (out / "wav").mkdir(parents=True, exist_ok=True)
     counts = {}
-    for split, people in split_speakers(speakers(n_speakers, seed), seed).items():
+    for split, group in split_speakers(people or speakers(n_speakers, seed), seed).items():
         rows = []
-        for person in people:
+        for person in group:
             for word in words:
                 for r in range(repeats):
                     path = out / "wav" / f"{word}-{person['id'].replace('+', '_')}-{r}.wav"

@@ -210,3 +210,29 @@ def test_ctc_head_replaced_for_a_new_vocabulary(tiny_speech, tmp_path):
     model.eval()
     assert transcribe(again, proc, waves, RATE) == transcribe(model, processor, waves, RATE)
     assert error_rates(["yes no"], ["yes go"]) == {"wer": 0.5, "cer": 1 / 6}
+
+
+def test_odd_rates_formats_empty_quiet_and_missing_clips(tmp_path, tiny_speech, caplog):
+    """44.1 kHz 24-bit FLAC and 48 kHz float WAV are converted; empty, near-silent and missing files are named."""
+    from transformers import AutoFeatureExtractor
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for label, freq in (("low", 220.0), ("high", 1760.0)):
+        for i in range(6):
+            sf.write(tmp_path / f"{label}{i}.wav", _tone(freq, 0.3, RATE, rng), RATE)
+            rows.append((f"{label}{i}.wav", label))
+    sf.write(tmp_path / "cd.flac", _tone(220.0, 0.5, 44100, rng), 44100, subtype="PCM_24")
+    sf.write(tmp_path / "studio.wav", _tone(1760.0, 0.5, 48000, rng), 48000, subtype="FLOAT")
+    sf.write(tmp_path / "empty.wav", np.zeros(0, np.float32), RATE)
+    sf.write(tmp_path / "quiet.wav", np.full(RATE // 2, 1e-5, np.float32), RATE, subtype="FLOAT")
+    rows += [("cd.flac", "low"), ("studio.wav", "high"), ("empty.wav", "low"), ("quiet.wav", "high")]
+    rows.append(("missing.wav", "low"))
+    (tmp_path / "clips.csv").write_text("path,label\n" + "\n".join(f"{p},{lab}" for p, lab in rows) + "\n")
+    splits = load_splits(DataConfig(name=str(tmp_path / "clips.csv"), validation_size=0.2, test_size=0.2))
+    extractor = AutoFeatureExtractor.from_pretrained(tiny_speech["wav2vec2"])
+    encoded, skipped = encode(splits, extractor, DataConfig(max_seconds=1.0))
+    assert sum(skipped.values()) == 3
+    assert all(name in caplog.text for name in ("empty.wav", "quiet.wav", "missing.wav"))
+    lengths = {r["waveform"].shape[0] for d in encoded.values() for r in d}
+    assert lengths == {int(0.3 * RATE), RATE // 2}  # both odd rates resampled to 16 kHz

@@ -163,3 +163,29 @@ def test_fashion_mnist_embedded():
     splits = load_splits(DataConfig(name="fashion_mnist"))
     assert len(splits["test"]) == 10000 and len(splits["train"]) + len(splits["validation"]) == 60000
     assert splits["train"].features["label"].names[0] == "T-shirt/top"
+
+
+def test_palette_cmyk_gray_alpha_converted_truncated_and_missing_skipped(tmp_path, tiny_vision, caplog):
+    """Files from a CSV: palette, CMYK JPEG and gray+alpha become RGB; a truncated and a missing file are named."""
+    from transformers import AutoImageProcessor
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for label, level in (("dark", 40), ("light", 210)):
+        for i in range(6):
+            array = np.clip(rng.normal(level, 20, (20, 24, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(array).save(tmp_path / f"{label}{i}.png")
+            rows.append((f"{label}{i}.png", label))
+    Image.fromarray(np.full((20, 24, 3), 200, np.uint8)).convert("P").save(tmp_path / "palette.png")
+    Image.fromarray(np.full((20, 24, 3), 30, np.uint8)).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    Image.fromarray(np.full((20, 24), 220, np.uint8)).convert("LA").save(tmp_path / "gray_alpha.png")
+    whole = (tmp_path / "dark0.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(whole[: len(whole) // 2])  # a valid header, then the file ends
+    rows += [("palette.png", "light"), ("cmyk.jpg", "dark"), ("gray_alpha.png", "light")]
+    rows += [("cut.png", "dark"), ("missing.png", "light")]
+    (tmp_path / "data.csv").write_text("image,label\n" + "\n".join(f"{p},{lab}" for p, lab in rows) + "\n")
+    splits = load_splits(DataConfig(name=str(tmp_path / "data.csv"), validation_size=0.2, test_size=0.2))
+    encoded, skipped = encode(splits, AutoImageProcessor.from_pretrained(tiny_vision["vit"]), DataConfig())
+    assert sum(skipped.values()) == 2 and "cut.png" in caplog.text and "missing.png" in caplog.text
+    kept = [r for d in encoded.values() for r in d]
+    assert len(kept) == 12 + 3 and all(np.asarray(r["pixel_values"]).shape == (3, SIZE, SIZE) for r in kept)
