@@ -223,7 +223,7 @@ def main(out: Path, seeds: list[int], k: int = 5, arms: list[str] | None = None)
     plot(
         summary["arms"],
         out / "transfer.png",
-        f"{k} labelled clips per digit, unseen voices: scratch vs a source model trained on 10 other words",
+        f"{k} labelled clips per spoken digit, unseen voices:\nscratch vs a model trained on 10 other words",
         f"test accuracy, {counts['target']['test']} digit clips (mean ± sd over seeds)",
     )
     print(json.dumps(summary, indent=2))
