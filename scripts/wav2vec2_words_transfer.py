@@ -17,7 +17,7 @@
    adapted with LoRA and probed (``linear_probe``). Test: the target's test
    speakers, every digit.
 Writes ``<out>/results.json`` (accuracy per seed, mean and sd, trainable parameters and train seconds per arm)
-and ``<out>/transfer.png``. About 10 minutes on one CPU thread.
+and ``<out>/transfer.png``. About 20 minutes on one CPU thread (5 of them the source); finished runs are reused.
 """
 
 from __future__ import annotations
