@@ -90,12 +90,13 @@ class TrainConfig:
     mixed_precision: str = _f("auto", "auto: bf16 on GPUs that have it, fp32 on CPU.", ("auto", "no", "bf16", "fp16"))
     seed: int = _f(0, "Seed of initialisation, shuffling and dropout.")
     group_by_length: bool = _f(True, "Batch examples of similar length together (less padding).")
-    num_workers: int = _f(0, "DataLoader worker processes.")
+    num_workers: int = _f(-1, "DataLoader worker processes (-1: none on CPU, up to 8 beside a GPU).")
     resume: bool = _f(False, "Continue from the last complete checkpoint in output_dir/checkpoints.")
     checkpoint_every: int = _f(0, "Also checkpoint every this many optimizer steps (0: at each epoch end only).")
     keep_checkpoints: int = _f(2, "Complete checkpoints kept in output_dir/checkpoints (the oldest are deleted).")
     gradient_checkpointing: bool = _f(False, "Recompute the backbone's activations in backward (less memory, slower).")
-    compile: bool = _f(False, "torch.compile the model (in place) before training.")
+    compile: str = _f("auto", "torch.compile the model before training (auto: text models on a GPU).",
+                      ("auto", "true", "false"))
 
 
 @dataclass
@@ -258,6 +259,8 @@ def _scalar(value: Any) -> Any:
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     origin = get_origin(typ) or typ
+    if origin is str and isinstance(value, bool):  # a switch with more than two values: true/false/auto
+        value = str(value).lower()
     if origin is bool and isinstance(value, str):
         if value.lower() in ("true", "1", "yes"):
             return True

@@ -51,7 +51,8 @@ def main(cfg: Config) -> dict:
     loader = hftl.make_loader(encoded["train"], batch, collate, shuffle=True, seed=cfg.train.seed,
                               group=cfg.train.group_by_length, num_workers=cfg.train.num_workers)
     val_loader, test_loader = (
-        hftl.make_loader(encoded[s], eval_size, collate, shuffle=False) for s in ("validation", "test"))
+        hftl.make_loader(encoded[s], eval_size, collate, shuffle=False, num_workers=cfg.train.num_workers)
+        for s in ("validation", "test"))
     trained, state = hftl.fit(adapted.model, loader, val_loader, accelerator, cfg.train, cfg.eval.metrics,
                               checkpoint_dir=f"{cfg.output_dir}/checkpoints", resume=cfg.train.resume)
     train_seconds = time.perf_counter() - start

@@ -11,6 +11,19 @@ from __future__ import annotations
 import numpy as np
 
 
+def drop_full_mask(batch):
+    """Leave out an attention mask that masks nothing (every example as long as the batch).
+
+    Checked on the CPU before the batch moves: transformers otherwise checks it on the device in every forward
+    (a host-device synchronisation), and under ``torch.compile`` keeps the mask, which rules out the flash kernel
+    of scaled-dot-product attention. The models read a missing mask as "attend everywhere": the same result.
+    """
+    mask = batch.get("attention_mask")
+    if mask is not None and bool(mask.all()):
+        del batch["attention_mask"]
+    return batch
+
+
 class LengthGroupedBatches:
     """Batches of similar length (less padding), shuffled per epoch with a fixed seed; ordered when not.
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from datasets import DatasetDict
 
+from hftl.data.batching import drop_full_mask
 from hftl.data.checks import drop_unreadable, processor_key
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,6 @@ def audio_collator(extractor):
         waves = [np.asarray(r["waveform"], dtype=np.float32) for r in rows]
         batch = dict(extractor(waves, sampling_rate=extractor.sampling_rate, return_tensors="pt", **padding))
         batch["labels"] = torch.as_tensor([r["label"] for r in rows])
-        return batch
+        return drop_full_mask(batch)
 
     return collate

@@ -8,6 +8,9 @@ Example:
 from __future__ import annotations
 
 from datasets import DatasetDict
+from transformers import DataCollatorWithPadding
+
+from hftl.data.batching import drop_full_mask
 
 
 def encode_text(splits: DatasetDict, tokenizer, column: str, max_length: int) -> DatasetDict:
@@ -26,8 +29,13 @@ def encode_text(splits: DatasetDict, tokenizer, column: str, max_length: int) ->
     )
 
 
-def text_collator(tokenizer):
-    """Pads each batch to its own longest sequence (dynamic padding)."""
-    from transformers import DataCollatorWithPadding
+class TextCollator(DataCollatorWithPadding):
+    """Pads each batch to its own longest sequence (dynamic padding); a mask that masks nothing is left out."""
 
-    return DataCollatorWithPadding(tokenizer)
+    def __call__(self, rows):
+        return drop_full_mask(super().__call__(rows))
+
+
+def text_collator(tokenizer) -> TextCollator:
+    """Pads each batch to its own longest sequence (dynamic padding); a mask that masks nothing is left out."""
+    return TextCollator(tokenizer)

@@ -120,11 +120,17 @@ def _run_blocks(model, hidden: torch.Tensor, attention_mask: torch.Tensor, block
     return hidden
 
 
+def _mask(batch: dict) -> torch.Tensor:
+    """The batch's attention mask; the collator leaves out one that masks nothing."""
+    mask = batch.get("attention_mask")
+    return torch.ones_like(batch["input_ids"]) if mask is None else mask
+
+
 @torch.no_grad()
 def lower_states(model, batch: dict, cut: int) -> torch.Tensor:
     """Hidden states after the embeddings and the first ``cut`` blocks (the frozen part)."""
     inputs = {k: batch[k] for k in ("input_ids", "token_type_ids") if k in batch}
-    return _run_blocks(model, model.backbone.embeddings(**inputs), batch["attention_mask"], _blocks(model)[:cut])
+    return _run_blocks(model, model.backbone.embeddings(**inputs), _mask(batch), _blocks(model)[:cut])
 
 
 def upper_features(model, hidden: torch.Tensor, attention_mask: torch.Tensor, cut: int) -> torch.Tensor:
@@ -150,7 +156,7 @@ def top_cut(ctx: ShotContext, layers: int) -> int:
                 model.eval()
                 with torch.no_grad():
                     split = upper_features(
-                        model, lower_states(model, batch, n - layers), batch["attention_mask"], n - layers
+                        model, lower_states(model, batch, n - layers), _mask(batch), n - layers
                     )
                     ctx.cache[key] = n - layers if torch.allclose(split, model.features(**batch), atol=1e-4) else 0
             except (TypeError, ValueError, AttributeError, RuntimeError):  # a family whose blocks take other inputs
@@ -166,7 +172,7 @@ def _lower_batches(model, ds, collate, cut: int, batch_size: int) -> list[tuple]
     out = []
     for rows, batch in zip(batches, DataLoader(ds, batch_sampler=batches, collate_fn=collate), strict=True):
         batch = _inputs(batch, device)
-        out.append((torch.as_tensor(rows), lower_states(model, batch, cut), batch["attention_mask"]))
+        out.append((torch.as_tensor(rows), lower_states(model, batch, cut), _mask(batch)))
     return out
 
 
@@ -201,7 +207,7 @@ def setfit(ctx: ShotContext, support: np.ndarray, cfg: ShotsConfig, seed: int) -
     ys = ctx.train_labels[support].to(device)
     if cut:  # the support's frozen part, once; each step runs the top blocks only
         sup = _inputs(ctx.collate([ctx.train_inputs[int(i)] for i in support]), device)
-        hidden, mask = lower_states(model, sup, cut), sup["attention_mask"]
+        hidden, mask = lower_states(model, sup, cut), _mask(sup)
     rng = np.random.default_rng(seed)
     for _ in range(cfg.setfit_steps):
         pick = torch.as_tensor(rng.choice(len(support), min(cfg.batch_size, len(support)), replace=False))

@@ -1,0 +1,96 @@
+"""The speed mechanisms keep results unchanged: a dropped full mask, the plain optimizer step, the settings' rules.
+
+The speed itself is measured by bench/throughput.py (and bench/trainer_vs_hftl.py), not asserted here.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from transformers import AutoTokenizer
+
+from hftl.config import TrainConfig, load_config
+from hftl.data import collator_for
+from hftl.features import FeatureDataset
+from hftl.models import load_classifier
+from hftl.strategies import apply_strategy
+from hftl.train import _plain_steps, auto_workers, fit, make_accelerator, make_loader, should_compile
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_a_mask_that_masks_nothing_is_left_out_and_predictions_do_not_change(tiny_model):
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    collate = collator_for(tok)
+    same = collate([tok("a b c"), tok("c b a")])
+    ragged = collate([tok("a b c d e"), tok("a")])
+    assert "attention_mask" not in same and "attention_mask" in ragged
+    torch.manual_seed(0)
+    model = load_classifier(tiny_model, 2).eval()
+    with torch.no_grad():
+        without = model(**same).logits
+        with_mask = model(**same, attention_mask=torch.ones_like(same["input_ids"])).logits
+    torch.testing.assert_close(without, with_mask)
+
+
+def _train(tiny_model, accelerator: Accelerator, grad_accum: int) -> dict:
+    torch.manual_seed(0)
+    model = apply_strategy(load_classifier(tiny_model, 2), load_config(None, ["strategy.name=full"]).strategy).model
+    g = torch.Generator().manual_seed(0)
+    rows = [{"input_ids": torch.randint(5, 27, (7,), generator=g).tolist(), "label": i % 2} for i in range(32)]
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+
+    class Rows(torch.utils.data.Dataset):
+        column_names = ["input_ids", "label"]
+
+        def __len__(self):
+            return len(rows)
+
+        def __getitem__(self, i):
+            return rows[i]
+
+    cfg = TrainConfig(epochs=2, batch_size=8, grad_accum=grad_accum, lr=1e-3, mixed_precision="no")
+    loader = make_loader(Rows(), 8 // grad_accum, collator_for(tok), shuffle=True)
+    val = make_loader(Rows(), 16, collator_for(tok), shuffle=False)
+    trained, _ = fit(model, loader, val, accelerator, cfg, ["accuracy"])
+    return {k: v.detach().clone() for k, v in accelerator.unwrap_model(trained).state_dict().items()}
+
+
+def test_plain_steps_train_exactly_as_accelerates_wrappers(tiny_model, monkeypatch):
+    """Plain torch optimizer, scheduler and clipping (the fast path) give the wrappers' weights, accumulation too."""
+    for accum in (1, 2):
+        cfg = TrainConfig(grad_accum=accum, mixed_precision="no")
+        assert _plain_steps(make_accelerator(cfg))
+        fast = _train(tiny_model, make_accelerator(cfg), accum)
+        monkeypatch.setattr("hftl.train._plain_steps", lambda accelerator: False)
+        wrapped = _train(tiny_model, make_accelerator(cfg), accum)
+        monkeypatch.undo()
+        for k in fast:
+            torch.testing.assert_close(fast[k], wrapped[k], msg=k)
+
+
+def test_settings_rules_on_the_cpu(tiny_model):
+    model = load_classifier(tiny_model, 2)
+    assert auto_workers(-1) == 0 and auto_workers(3) == 3  # the CPU's cores train; workers only when asked
+    assert not should_compile(model, "auto") and should_compile(model, "true") and not should_compile(model, "false")
+    assert load_config(None, ["train.compile=true"]).train.compile == "true"
+    assert load_config(None, ["train.compile=auto"]).train.compile == "auto"
+    feats = FeatureDataset(torch.randn(10, 4), torch.arange(10), device="cpu")
+    batch = feats.__getitems__([3, 1])
+    assert batch["features"].shape == (2, 4) and batch["labels"].tolist() == [3, 1]
+    loader = make_loader(feats, 4, lambda b: b, shuffle=False)
+    assert not loader.pin_memory and loader.num_workers == 0
+
+
+def test_the_throughput_benchmark_runs_every_arm():
+    """bench/throughput.py on tiny configs: each arm produces a figure (no arm errors)."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "throughput.py"), "--tiny", "--steps", "2", "--frozen-steps", "2",
+         "--models", "bert-base", "--arms", "trainer,hftl,frozen,lora", "--out", "/dev/null"],
+        capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    for arm in ("trainer", "hftl", "backbone_pass", "trainer_frozen", "hftl_linear_probe", "trainer_lora", "hftl_lora"):
+        assert f"{arm}: " in out.stdout and f"{arm}: error" not in out.stdout, out.stdout[-3000:]
