@@ -20,6 +20,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
 
@@ -71,15 +72,35 @@ def load_masked_model(name: str, modality: str, *, revision: str = "main", trust
             log.warning("masked modeling from scratch: every weight of %s (%s) starts random", name,
                         type(model).__name__)
             return model, new
-        model, info = auto.from_pretrained(name, config=config, output_loading_info=True, **kwargs)
+        model, info = auto.from_pretrained(name, config=config, output_loading_info=True, dtype=torch.float32,
+                                           **kwargs)  # float32 master weights: a half checkpoint loads as half
     except ValueError as err:  # the Auto class has no entry for this family
         raise DataError(f"{OBJECTIVE[modality]} needs a {AUTO_CLASS[modality]} model; {name!r} "
                         f"({config.model_type}) has none: {str(err).splitlines()[0]}") from err
     new = sorted(info["missing_keys"])
+    init_new(model, new)
     if new:
         log.warning("%s head of %s starts new (not in the checkpoint): %d tensors: %s", OBJECTIVE[modality], name,
                     len(new), ", ".join(new))
     return model, new
+
+
+@torch.no_grad()
+def init_new(model: torch.nn.Module, names: list[str]) -> None:
+    """Initialise the new head's tensors explicitly (BERT's scheme: normal weights, zero biases, unit norms): some
+    transformers releases leave a tied new bias (MLM ``cls.predictions.bias``) as uninitialised memory."""
+    params = dict(model.named_parameters())
+    std = getattr(model.config, "initializer_range", 0.02)
+    for name in names:
+        p = params.get(name)
+        if p is None:
+            continue
+        if name.endswith("bias") or name.endswith("mask_token"):
+            p.zero_()
+        elif p.ndim == 1:  # norm weights
+            p.fill_(1.0)
+        else:
+            p.normal_(0.0, std)
 
 
 def unlabeled_texts(data: DataConfig, sources: list[str], column: str = "text") -> list[str]:
@@ -101,7 +122,7 @@ def unlabeled_texts(data: DataConfig, sources: list[str], column: str = "text") 
             from hftl import assets
 
             df = pd.read_csv(assets.data_file("rotten_tomatoes"))
-            texts += df.loc[df["category"] == "plot", "text"].astype(str).tolist()
+            texts += df.loc[df["category"] == "plot", "text"].dropna().astype(str).tolist()
         elif source.endswith(".txt"):
             texts += [line for line in Path(source).read_text().splitlines() if line.strip()]
         else:
@@ -125,8 +146,8 @@ def masked_datasets(cfg: Config, processor, modality: str, model) -> tuple[Datas
     p, seed = cfg.pretrain, cfg.train.seed
     if modality == "text":
         texts = unlabeled_texts(cfg.data, p.text_sources)
-        if p.max_samples:
-            texts = _limit(Dataset.from_dict({"t": texts}), p.max_samples, seed)["t"]
+        if 0 < p.max_samples < len(texts):
+            texts = [texts[i] for i in np.random.default_rng(seed).permutation(len(texts))[: p.max_samples]]
         val_texts = load_splits(cfg.data)["validation"]["text"]
         train, val = (pack_texts(t, processor, cfg.model.max_length, pack=p.pack) for t in (texts, val_texts))
         return (train, val, MaskedLMCollator(processor, p.mask_rate, p.whole_word),

@@ -62,6 +62,8 @@ def pretrain(cfg: Config, stage_dir: Path) -> dict:
     trained, state = hftl.fit(model, loader, val_loader, accelerator, stage_train, [],
                               checkpoint_dir=f"{cfg.output_dir}/checkpoints-pretrain", resume=cfg.train.resume,
                               evaluate_fn=masked_scores)
+    if state.best_epoch < 1:  # a validation loss that never improved on -inf: NaN
+        raise FloatingPointError(f"the masked stage's validation loss is not finite: {state.history[-1]}")
     metrics = {"validation": state.history[state.best_epoch - 1]["validation"],
                "train": {"seconds": time.perf_counter() - start, "epochs": state.epoch, "steps": state.step,
                          "examples": len(train), "new_head_tensors": len(new), "trainable_params": trainable,
