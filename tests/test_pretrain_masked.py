@@ -241,3 +241,19 @@ def test_minilm_mlm_head_new_and_whole_words_on_real_text():
         if not starts[row, col] and col > 0:
             assert masked[row, col - 1]
     assert any(p.startswith("##") for p in pieces)
+
+
+def test_half_checkpoint_trains_in_float32_with_a_finite_new_head(tiny_model, tmp_path, tokenizer):
+    from transformers import AutoModel
+
+    from hftl.pretraining import load_masked_model
+
+    AutoModel.from_pretrained(tiny_model, dtype=torch.float16).save_pretrained(tmp_path / "half")
+    tokenizer.save_pretrained(tmp_path / "half")
+    model, new = load_masked_model(str(tmp_path / "half"), "text")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    head = dict(model.named_parameters())
+    assert all(torch.isfinite(head[n]).all() for n in new if n in head)
+    assert not head["cls.predictions.bias"].any(), "a new bias starts at zero"
+    batch = MaskedLMCollator(tokenizer)(list(pack_texts(_texts(), tokenizer, block_size=16).select(range(4))))
+    assert torch.isfinite(model(**batch).loss)
