@@ -60,6 +60,8 @@ class DataConfig:
         "", "Column holding image or audio (PIL/bytes/array or a file path); empty: text_column, else image/audio/path."
     )
     max_seconds: float = _f(10.0, "Speech: clips are cut to this many seconds (and padded per batch).")
+    augment: bool = _f(True, "Images: random resized crop (+ flip where it keeps the class) for training; never "
+                             "for cached features.")
 
 
 @dataclass

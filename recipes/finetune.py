@@ -38,7 +38,7 @@ def main(cfg: Config) -> dict:
     accelerator.print(f"strategy {adapted.strategy}: {adapted.trainable:,} of {adapted.total:,} parameters train")
     # the modality comes from the processor; train images are augmented unless features are cached
     encoded, skipped = encode(splits, processor, cfg.data, max_length=cfg.model.max_length,
-                              augment=not adapted.frozen_backbone, seed=cfg.train.seed)
+                              augment=cfg.data.augment and not adapted.frozen_backbone, seed=cfg.train.seed)
     start = time.perf_counter()
     eval_size = eval_batch(cfg.train, accelerator)
     collate = hftl.collator_for(processor)

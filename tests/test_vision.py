@@ -189,3 +189,20 @@ def test_palette_cmyk_gray_alpha_converted_truncated_and_missing_skipped(tmp_pat
     assert sum(skipped.values()) == 2 and "cut.png" in caplog.text and "missing.png" in caplog.text
     kept = [r for d in encoded.values() for r in d]
     assert len(kept) == 12 + 3 and all(np.asarray(r["pixel_values"]).shape == (3, SIZE, SIZE) for r in kept)
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_data_augment_switch_reaches_the_encoder(tiny_vision, tmp_path, monkeypatch, augment):
+    """data.augment=false trains on the images as processed; true augments them (frozen features never are)."""
+    import hftl.recipes.finetune as recipe
+
+    seen = []
+    real = recipe.encode
+    monkeypatch.setattr(recipe, "encode", lambda *a, **k: seen.append(k["augment"]) or real(*a, **k))
+    folder = _image_folder(tmp_path / "imgs")
+    recipe.main(load_config(None, [
+        f"model.name={tiny_vision['vit']}", f"data.name={folder}", "data.validation_size=0.2", "data.test_size=0.2",
+        "strategy.name=full", f"data.augment={str(augment).lower()}", "train.epochs=1", "train.batch_size=8",
+        f"output_dir={tmp_path / 'run'}",
+    ]))
+    assert seen == [augment]
