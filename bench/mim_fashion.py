@@ -97,7 +97,7 @@ def plot(results: dict, path: Path) -> None:
         right.barh(i, s["mean"], xerr=s["sd"], color=["#999", "#2a7"][i])
         right.plot(accs, [i] * len(accs), "k.")
     right.set_yticks(range(2), ["random ViT (full)", "SimMIM ViT (full)"])
-    right.set_xlabel(f"test accuracy, 10,000 images ({results['labels']} labels; mean ± sd, dots: seeds)")
+    right.set_xlabel(f"test accuracy, 10,000 images\n({results['labels']} labels; mean ± sd, dots: seeds)")
     right.set_xlim(0, 1)
     fig.tight_layout()
     fig.savefig(path)
