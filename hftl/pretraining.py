@@ -149,7 +149,8 @@ def text_block(max_length: int, tokenizer, model) -> int:
 def masked_datasets(cfg: Config, processor, modality: str, model) -> tuple[Dataset, Dataset, object, object]:
     """Unlabelled train and validation inputs of the stage, with their train and (fixed-mask) validation collators.
 
-    Text: packed token blocks of ``model.max_length``; vision: every train image (augmented), labels unused;
+    Text: packed token blocks of ``model.max_length``; vision: every train image (augmented unless
+    ``data.augment=false``), labels unused;
     speech: every train clip. Validation: the validation split's inputs.
     """
     p, seed = cfg.pretrain, cfg.train.seed
@@ -164,7 +165,7 @@ def masked_datasets(cfg: Config, processor, modality: str, model) -> tuple[Datas
                 MaskedLMCollator(processor, p.mask_rate, p.whole_word, seed=VAL_SEED))
     splits = load_splits(dataclasses.replace(cfg.data, max_train_samples=0))
     splits = DatasetDict(train=_limit(splits["train"], p.max_samples, seed), validation=splits["validation"])
-    encoded, _ = encode(splits, processor, cfg.data, augment=modality == "vision", seed=seed)
+    encoded, _ = encode(splits, processor, cfg.data, augment=modality == "vision" and cfg.data.augment, seed=seed)
     if modality == "vision":
         c = model.config
         size = c.image_size if isinstance(c.image_size, int) else c.image_size[0]
