@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -82,7 +83,9 @@ def pretrain(cfg: Config, stage_dir: Path) -> dict:
 
 
 def main(cfg: Config) -> dict:
-    out = Path(cfg.output_dir)
+    # only the main process writes; read from the launcher's RANK, not from an accelerate state made before the
+    # stage's own Accelerator (that would fix the state before make_accelerator sets up DDP on CPU)
+    out, writer = Path(cfg.output_dir), int(os.environ.get("RANK", "0")) == 0
     stage_dir = out / "pretrained"
     metrics = finished_stage(stage_dir) if cfg.train.resume else None
     if metrics is not None:
@@ -90,6 +93,8 @@ def main(cfg: Config) -> dict:
     else:
         metrics = pretrain(cfg, stage_dir)
     if not cfg.pretrain.then_finetune:
+        if not writer:
+            return {"pretrain": metrics}
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
         (out / "metrics.json").write_text(json.dumps({"pretrain": metrics}, indent=2))
@@ -98,7 +103,7 @@ def main(cfg: Config) -> dict:
 
     tuned = finetune(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=str(stage_dir))))
     result = {"pretrain": metrics, **tuned}
-    if (out / "metrics.json").exists():  # the main process wrote the run directory: add the first stage
+    if writer:  # the fine-tuning run directory, with the first stage added
         save_config(cfg, out / "config.yaml")
         (out / "metrics.json").write_text(json.dumps(result, indent=2))
     return result

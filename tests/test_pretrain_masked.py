@@ -257,3 +257,20 @@ def test_half_checkpoint_trains_in_float32_with_a_finite_new_head(tiny_model, tm
     assert not head["cls.predictions.bias"].any(), "a new bias starts at zero"
     batch = MaskedLMCollator(tokenizer)(list(pack_texts(_texts(), tokenizer, block_size=16).select(range(4))))
     assert torch.isfinite(model(**batch).loss)
+
+
+def test_chained_run_on_two_processes(tiny_cfg, tmp_path):
+    """``accelerate launch`` with 2 CPU processes (DDP over gloo): both stages split each batch, one writer."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(root / "recipes" / "accelerate" / "cpu-ddp-2.yaml"), str(root / "recipes" / "pretrain_masked.py"),
+           *_text_overrides(tiny_cfg), "pretrain.then_finetune=true", "train.epochs=2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "effective batch 8 = 4 per process x 2 processes" in out.stdout
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(saved["pretrain"]["history"]) == 2 and 0 <= saved["test"]["accuracy"] <= 1
