@@ -1,12 +1,13 @@
 """Training throughput: hftl against the plain Hugging Face way, same model, data, batch and steps, one process.
 
-    python bench/throughput.py                            # a GPU: BERT-base, ViT-base, Wav2Vec2-base, ~6 min on an H200
+    python bench/throughput.py                      # a GPU: BERT-base, ViT-base, Wav2Vec2-base, ~6 min on an H200
     OMP_NUM_THREADS=1 python bench/throughput.py --models minilm --steps 10 --frozen-steps 20   # CPU, ~2 min
-    python bench/throughput.py --tiny --steps 3           # every arm on tiny configs (a smoke test)
+    python bench/throughput.py --tiny --steps 3     # every arm on tiny configs (a smoke test)
 
 Models are random-initialised at their real sizes (no weights install here; throughput does not depend on them):
 BERT-base at 128 tokens (batch 128), ViT-base at 224 px (batch 128), Wav2Vec2-base on 1 s of 16 kHz audio
-(batch 32); for the CPU, MiniLM-L6 (all-MiniLM-L6-v2's shape) at 64 tokens (batch 32). Each example is the same for both sides; hftl gets it through its own collators and loaders.
+(batch 32); for the CPU, MiniLM-L6 (all-MiniLM-L6-v2's shape) at 64 tokens (batch 32). Each example is the same
+for both sides; hftl gets it through its own collators and loaders.
 
 Arms, each a fresh model:
 - ``trainer``: ``AutoModelFor*Classification`` + ``transformers.Trainer`` (bf16, its default fused AdamW), timed
@@ -146,8 +147,11 @@ def peak_gib() -> float:
 
 
 def peer_model(spec: dict, lora: bool = False, frozen: bool = False):
-    from transformers import AutoModelForAudioClassification, AutoModelForImageClassification
-    from transformers import AutoModelForSequenceClassification
+    from transformers import (
+        AutoModelForAudioClassification,
+        AutoModelForImageClassification,
+        AutoModelForSequenceClassification,
+    )
 
     config = spec["config"].__class__.from_dict({**spec["config"].to_dict(), "num_labels": spec["labels"]})
     auto = {"bert": AutoModelForSequenceClassification, "vit": AutoModelForImageClassification,

@@ -57,7 +57,8 @@ class DataConfig:
     split_seed: int = _f(0, "Seed of the stratified split; every recipe and benchmark shares it.")
     max_train_samples: int = _f(0, "Keep at most this many training examples, stratified (0: all).")
     input_column: str = _f(
-        "", "Column holding image or audio (PIL/bytes/array or a file path); empty: text_column, else image/audio/path."
+        "", "Column holding image or audio (PIL/bytes/array or a file path); empty: text_column, else "
+        "image/audio/path."
     )
     max_seconds: float = _f(10.0, "Speech: clips are cut to this many seconds (and padded per batch).")
     augment: bool = _f(True, "Images: random resized crop (+ flip where it keeps the class) for training; never "

@@ -6,7 +6,8 @@ transfers best, and what overfits first on little data). ``error_rates`` gives W
 
 Example:
     >>> model, processor = load_ctc("facebook/wav2vec2-base", ["yes", "no", "stop"])  # doctest: +SKIP
-    >>> batch = processor(audio=waves, sampling_rate=16000, text=texts, padding=True, return_tensors="pt")  # doctest: +SKIP
+    >>> batch = processor(audio=waves, sampling_rate=16000, text=texts,  # doctest: +SKIP
+    ...                   padding=True, return_tensors="pt")
     >>> model(**batch).loss  # doctest: +SKIP
 """
 

@@ -381,9 +381,9 @@ def fit(model, train_loader: DataLoader, val_loader: DataLoader, accelerator: Ac
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     if should_compile(model, cfg.compile):
-        model.compile()
+        model.compile()  # in place: parameter names stay (a torch.compile wrapper would prefix them)
     if torch.cuda.is_available() and input_name(model) == "pixel_values":
-        torch.backends.cudnn.benchmark = True  # images of one size: the fastest convolution kernels, found once  # in place: parameter names stay (a torch.compile wrapper would prefix them)
+        torch.backends.cudnn.benchmark = True  # images of one size: the fastest convolution kernels, found once
     batches = train_loader.batch_sampler  # ours, before accelerate wraps it for sharding
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler)

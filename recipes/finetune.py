@@ -6,7 +6,8 @@
     accelerate launch --config_file recipes/accelerate/cpu-ddp-2.yaml recipes/finetune.py train.resume=true
 
 Launcher settings (CPU, DDP, FSDP, DeepSpeed) are in recipes/accelerate/; train.batch_size is the effective batch
-whatever the number of processes. The strategy (``strategy.name``) is a config value: linear_probe, head, full, freeze_n, or any peft method.
+whatever the number of processes. The strategy (``strategy.name``) is a config value: linear_probe, head, full,
+freeze_n, or any peft method.
 Writes the run directory (config.yaml, metrics.json, model/, README.md) to ``output_dir``.
 """
 
@@ -74,7 +75,8 @@ def main(cfg: Config) -> dict:
                       state_dict=state_dict)
         accelerator.print(f"run saved to {cfg.output_dir}")
         if cfg.hub.push:
-            url = hftl.push(cfg.output_dir, cfg.hub.repo_id, private=cfg.hub.private, revision=cfg.hub.revision or None)
+            url = hftl.push(cfg.output_dir, cfg.hub.repo_id, private=cfg.hub.private,
+                            revision=cfg.hub.revision or None)
             accelerator.print(f"pushed to {url}")
     accelerator.wait_for_everyone()
     accelerator.end_training()  # closes the process group: gloo can abort at exit when it is left open

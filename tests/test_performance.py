@@ -92,5 +92,6 @@ def test_the_throughput_benchmark_runs_every_arm():
         capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    for arm in ("trainer", "hftl", "backbone_pass", "trainer_frozen", "hftl_linear_probe", "trainer_lora", "hftl_lora"):
+    arms = ("trainer", "hftl", "backbone_pass", "trainer_frozen", "hftl_linear_probe", "trainer_lora", "hftl_lora")
+    for arm in arms:
         assert f"{arm}: " in out.stdout and f"{arm}: error" not in out.stdout, out.stdout[-3000:]

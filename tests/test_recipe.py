@@ -8,10 +8,10 @@ import time
 import pytest
 import torch
 import yaml
+from hftl.recipes.finetune import main
 
 from hftl.config import load_config
 from hftl.models import ModelNotFoundError, load_classifier
-from hftl.recipes.finetune import main
 
 PREDICT = """
 import json, sys, torch, hftl
