@@ -84,6 +84,10 @@ class TrainConfig:
     grad_accum: int = _f(1, "Gradient accumulation steps (batch_size is split over them).")
     lr: float = _f(5e-5, "Peak learning rate of the backbone (and of adapters).")
     head_lr: float = _f(0.0, "Learning rate of the new head (0: same as lr).")
+    layer_lr_decay: float = _f(1.0, "Layer-wise learning rates: the top block gets lr x this, each block below one "
+                                    "factor more, the embeddings last (1: one rate for all).")
+    unfreeze_every: float = _f(0.0, "Gradual unfreezing: the head trains alone, then one more block from the top "
+                                    "joins every this many epochs, the embeddings last (0: off).")
     weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and norms).")
     warmup_ratio: float = _f(0.06, "Fraction of steps of linear warmup.")
     scheduler: str = _f("linear", "Learning-rate schedule after warmup.", ("linear", "cosine", "constant"))
@@ -234,6 +238,9 @@ def validate(cfg: Config) -> None:
     }.items():
         if value < 1:
             raise ConfigError(f"{key}={value} must be at least 1")
+    if not 0 < t.layer_lr_decay <= 1 or t.unfreeze_every < 0:
+        raise ConfigError(f"train.layer_lr_decay={t.layer_lr_decay} must be in (0, 1] and "
+                          f"train.unfreeze_every={t.unfreeze_every} at least 0")
     if t.epochs <= 0 or t.lr <= 0:
         raise ConfigError(f"train.epochs ({t.epochs}) and train.lr ({t.lr}) must be positive")
     if t.batch_size % t.grad_accum:

@@ -117,16 +117,62 @@ def make_loader(ds, batch_size: int, collate, *, shuffle: bool, seed: int = 0, g
                       generator=torch.Generator().manual_seed(seed))
 
 
-def param_groups(model: torch.nn.Module, lr: float, head_lr: float, weight_decay: float) -> list[dict]:
-    """AdamW groups: no decay on biases and norms; the new head at its own learning rate."""
+def layer_depths(model: torch.nn.Module) -> tuple[dict[int, int], int]:
+    """Depth of each parameter (by id) in the backbone's stack: 0 the embeddings, i + 1 block i, n + 1 the rest
+    (final norm, pooler, head); and n. Adapters inside a block share its depth. Empty when no stack is found."""
+    from hftl.strategies import find_embeddings, find_layers
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(base, "backbone", None)
+    _, layers = find_layers(backbone) if backbone is not None else ("", [])
+    if not len(layers):
+        return {}, 0
+    n = len(layers)
+    depth = {id(p): n + 1 for p in model.parameters()}
+    for _, module in find_embeddings(backbone):
+        depth.update((id(p), 0) for p in module.parameters())
+    for i, layer in enumerate(layers):
+        depth.update((id(p), i + 1) for p in layer.parameters())
+    return depth, n
+
+
+def param_groups(model: torch.nn.Module, lr: float, head_lr: float, weight_decay: float,
+                 layer_lr_decay: float = 1.0, by_depth: bool = False) -> list[dict]:
+    """AdamW groups: no decay on biases and norms; the new head at its own learning rate; with ``layer_lr_decay``
+    < 1 each block below the top one more factor lower (the embeddings lowest). Each group records the ``depth``
+    of its parameters (see ``layer_depths``) when rates or a schedule depend on it."""
+    depths, n = layer_depths(model) if layer_lr_decay != 1 or by_depth else ({}, 0)
     groups: dict[tuple, list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         is_head = ".head." in f".{name}" or "modules_to_save" in name and "head" in name
         decay = 0.0 if p.ndim < 2 or any(k in name for k in _NO_DECAY) else weight_decay
-        groups.setdefault((head_lr if is_head and head_lr else lr, decay), []).append(p)
-    return [{"params": ps, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), ps in groups.items()]
+        depth = depths.get(id(p), n + 1)
+        if is_head and head_lr:
+            p_lr = head_lr
+        elif depth > n:  # above the blocks: final norm, pooler, head
+            p_lr = lr
+        else:
+            p_lr = lr * layer_lr_decay ** (n + 1 - depth)
+        groups.setdefault((p_lr, decay, depth), []).append(p)
+    return [{"params": ps, "lr": g_lr, "weight_decay": wd, "depth": d} for (g_lr, wd, d), ps in groups.items()]
+
+
+def gradual_unfreezing(scheduler, steps_per_epoch: int, every: float, layers: int):
+    """The schedule, gated per group: depth n + 1 (head, final norm) trains from the start, block i joins after
+    ``(n - i) * every`` epochs, the embeddings after ``n * every``. Before that a group's learning rate is 0: it does
+    not move (AdamW's decay scales with the rate too), and the same optimizer works under DDP and FSDP unchanged."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    base = scheduler.lr_lambdas[0]
+    optimizer = scheduler.optimizer
+
+    def gate(depth: int):
+        start = round(max(layers + 1 - depth, 0) * every * steps_per_epoch)
+        return lambda step: base(step) * (step >= start)
+
+    return LambdaLR(optimizer, [gate(g.get("depth", layers + 1)) for g in optimizer.param_groups])
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
@@ -372,11 +418,14 @@ def fit(model, train_loader: DataLoader, val_loader: DataLoader, accelerator: Ac
         >>> model, state = fit(model, loader, val_loader, accelerator, cfg.train, ["accuracy"],  # doctest: +SKIP
         ...                    checkpoint_dir="runs/x/checkpoints", resume=True)
     """
-    groups = param_groups(model, cfg.lr, cfg.head_lr, cfg.weight_decay)
+    groups = param_groups(model, cfg.lr, cfg.head_lr, cfg.weight_decay, cfg.layer_lr_decay,
+                          by_depth=bool(cfg.unfreeze_every))
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=torch.cuda.is_available() or None)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)
     epochs, total_steps = math.ceil(cfg.epochs), max(1, int(steps_per_epoch * cfg.epochs))
     scheduler = get_scheduler(cfg.scheduler, optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    if cfg.unfreeze_every:
+        scheduler = gradual_unfreezing(scheduler, steps_per_epoch, cfg.unfreeze_every, layer_depths(model)[1])
     names = _saved_names(model)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)

@@ -95,3 +95,46 @@ def test_the_throughput_benchmark_runs_every_arm():
     arms = ("trainer", "hftl", "backbone_pass", "trainer_frozen", "hftl_linear_probe", "trainer_lora", "hftl_lora")
     for arm in arms:
         assert f"{arm}: " in out.stdout and f"{arm}: error" not in out.stdout, out.stdout[-3000:]
+
+
+def test_layer_lr_decay_and_gradual_unfreezing(tiny_model):
+    """Layer-wise rates fall by one factor per block downwards; gradual unfreezing opens blocks from the top."""
+    from transformers import get_scheduler
+
+    from hftl.train import gradual_unfreezing, layer_depths, param_groups
+
+    model = apply_strategy(load_classifier(tiny_model, 2), load_config(None, ["strategy.name=full"]).strategy).model
+    depths, n = layer_depths(model)
+    assert n == 2 and set(depths.values()) == {0, 1, 2, 3}
+    groups = param_groups(model, 1e-3, 1e-2, 0.01, layer_lr_decay=0.5)
+    rate = {g["depth"]: g["lr"] for g in groups if g["weight_decay"]}  # decayed matrices: one per depth
+    assert rate[0] == 1e-3 * 0.5**3 and rate[1] == 1e-3 * 0.5**2 and rate[2] == 1e-3 * 0.5
+    head = {id(p) for p in model.head.parameters()}
+    assert all(g["lr"] == 1e-2 for g in groups if {id(p) for p in g["params"]} <= head)  # the head at head_lr
+    assert sum(len(g["params"]) for g in groups) == sum(1 for p in model.parameters() if p.requires_grad)
+
+    optimizer = torch.optim.AdamW(param_groups(model, 1e-3, 0.0, 0.0, by_depth=True))
+    scheduler = gradual_unfreezing(get_scheduler("constant", optimizer), steps_per_epoch=4, every=1, layers=n)
+    opened = []
+    for _ in range(16):
+        opened.append(sorted({g["depth"] for g in optimizer.param_groups if g["lr"] > 0}))
+        optimizer.step()
+        scheduler.step()
+    assert opened[0] == [3] and opened[4] == [2, 3] and opened[8] == [1, 2, 3] and opened[12] == [0, 1, 2, 3]
+
+
+def test_gradual_unfreezing_keeps_lower_blocks_still_in_a_run(tiny_model, tiny_csv, tmp_path):
+    """A run with train.unfreeze_every: after epoch 1 only the head and the top moved; the embeddings moved last."""
+    from hftl.recipes.finetune import main
+
+    torch.manual_seed(0)
+    before = load_classifier(tiny_model, 2).state_dict()
+    main(load_config(None, [f"model.name={tiny_model}", f"data.name={tiny_csv}", "strategy.name=full",
+                            "train.epochs=1", "train.unfreeze_every=1", "train.batch_size=8", "train.lr=1e-3",
+                            "train.warmup_ratio=0", f"output_dir={tmp_path / 'run'}"]))
+    from hftl.run import load
+
+    after = load(str(tmp_path / "run" / "model"))[0].state_dict()
+    moved = {k for k in before if k in after and not torch.equal(before[k], after[k])}
+    assert any(k.startswith("head.") for k in moved)
+    assert not any(".layer.0." in k or "embeddings" in k for k in moved), sorted(moved)
