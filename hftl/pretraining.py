@@ -179,8 +179,10 @@ def masked_datasets(cfg: Config, processor, modality: str, model) -> tuple[Datas
 
 @torch.no_grad()
 def masked_scores(model, loader, accelerator) -> dict:
-    """Validation of the masked stage: ``loss`` (reconstruction for images, contrastive for speech, per batch), and
-    for text the loss per masked token, ``perplexity`` and ``masked_accuracy`` (the original token ranked first).
+    """Validation of the masked stage: ``loss`` (reconstruction for images, per batch; for speech wav2vec2's
+    contrastive + diversity loss per masked frame, which its model sums over the batch: chance is about
+    ln(1 + num_negatives) + the diversity term), and for text the loss per masked token, ``perplexity`` and
+    ``masked_accuracy`` (the original token ranked first).
 
     Example:
         >>> model, state = fit(..., evaluate_fn=masked_scores)  # doctest: +SKIP
@@ -198,6 +200,9 @@ def masked_scores(model, loader, accelerator) -> dict:
             loss += out.loss.double() * n
             count += n
             correct += ((out.logits.argmax(-1) == batch["labels"]) & masked).sum()
+        elif "mask_time_indices" in batch:  # wav2vec2: the loss sums over masked frames; per masked frame
+            loss += out.loss.double()
+            count += batch["mask_time_indices"].sum()
         else:
             loss += out.loss.double()
             count += 1

@@ -212,6 +212,37 @@ def test_masked_speech_modeling_loss_goes_down(tmp_path):
     Wav2Vec2Model.from_pretrained(tmp_path / "run" / "pretrained")
 
 
+def test_speech_validation_loss_is_per_masked_frame():
+    """wav2vec2 sums its loss over the masked frames of a batch: the stage's validation loss divides by them, so it
+    does not grow with the batch (and is near ln(1 + negatives) for a random model)."""
+    from accelerate import Accelerator
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForPreTraining
+
+    from hftl.masking import MaskedSpeechCollator
+    from hftl.pretraining import masked_scores
+
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                            conv_dim=(16, 16, 16), conv_stride=(5, 2, 2), conv_kernel=(10, 3, 3),
+                            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, num_negatives=10,
+                            codevector_dim=16, proj_codevector_dim=16, num_codevectors_per_group=32)
+    model = Wav2Vec2ForPreTraining(config).eval()
+    extractor = Wav2Vec2FeatureExtractor(sampling_rate=16000, return_attention_mask=True)
+    rng = np.random.default_rng(0)
+    rows = [{"waveform": rng.normal(0, 0.1, 4000 + 800 * i).astype(np.float32)} for i in range(8)]
+    collate = MaskedSpeechCollator(extractor, model, rate=0.3, span=4, seed=1)
+    batch = collate(rows)
+    with torch.no_grad():
+        summed = model(**batch).loss
+    frames = batch["mask_time_indices"].sum()
+    score = masked_scores(model, [batch], Accelerator(cpu=True))["loss"]
+    assert frames > 8
+    assert score == pytest.approx(float(summed / frames), rel=1e-5)
+    assert 0.5 * np.log(11) < score < 2 * np.log(11) + 1
+    small = masked_scores(model, [collate(rows[:2]), collate(rows[2:4])], Accelerator(cpu=True))["loss"]
+    assert small == pytest.approx(score, rel=0.5)  # not a quarter of it, as a per-batch sum would be
+
+
 def test_cli_has_pretrain():
     from hftl.cli import MODULES, RECIPES
 
