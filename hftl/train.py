@@ -161,8 +161,8 @@ def param_groups(model: torch.nn.Module, lr: float, head_lr: float, weight_decay
 
 def gradual_unfreezing(scheduler, steps_per_epoch: int, every: float, layers: int):
     """The schedule, gated per group: depth n + 1 (head, final norm) trains from the start, block i joins after
-    ``(n - i) * every`` epochs, the embeddings after ``(n + 1) * every``. Before that a group's learning rate is 0: it does
-    not move (AdamW's decay scales with the rate too), and the same optimizer works under DDP and FSDP unchanged.
+    ``(n - i) * every`` epochs, the embeddings after ``(n + 1) * every``. Before that a group's learning rate is 0:
+    it does not move (AdamW's decay scales with the rate too), and the same optimizer works under DDP and FSDP.
     Its gradients are still computed and AdamW's moments gather them, so an opened block starts with warm moments
     (freezing with requires_grad would save that compute, but DDP cannot change its parameter set mid-run)."""
     from torch.optim.lr_scheduler import LambdaLR
