@@ -47,7 +47,8 @@ def transfer_script():
 def stage_init(init: str, path: Path) -> str:
     """Seed 0's random model with a pretraining head scaled to its width (``HEAD``): the same weights, the
     contrastive head's sizes in its config. wav2vec2-base's head (100 negatives, 256-d codevectors and projection)
-    made a step 6x slower than a fine-tuning step here; its weights start new either way."""
+    made a step of 16 clips 5.2 s on one CPU thread against 0.3 s for fine-tuning (0.8 s with ``HEAD``); its
+    weights start new either way."""
     import shutil
 
     shutil.copytree(init, path, dirs_exist_ok=True)
