@@ -35,8 +35,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
 
-    from hftl.config import load_config
     from hftl.recipes.finetune import main as finetune
+
+    from hftl.config import load_config
 
     out = Path(args.out)
     runs = []
