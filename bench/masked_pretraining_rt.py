@@ -16,9 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import time
 from pathlib import Path
+
+from hftl.shots.stats import mean_sd, paired_difference
 
 CONFIGS = Path(__file__).resolve().parent.parent / "recipes" / "configs" / "text"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -63,12 +64,10 @@ def summarise(runs: list[dict]) -> dict:
     for n in sorted({r["labels"] for r in runs}):
         acc = {arm: {r["seed"]: r["test_accuracy"] for r in runs if r["labels"] == n and r["arm"] == arm}
                for arm in ("minilm", "minilm+mlm")}
-        diffs = [acc["minilm+mlm"][s] - acc["minilm"][s] for s in sorted(acc["minilm"]) if s in acc["minilm+mlm"]]
-        out[str(n)] = {arm: {"mean": statistics.mean(v.values()), "sd": statistics.stdev(v.values())
-                             if len(v) > 1 else 0.0} for arm, v in acc.items()}
-        out[str(n)]["difference"] = {"mean": statistics.mean(diffs), "sd": statistics.stdev(diffs)
-                                     if len(diffs) > 1 else 0.0, "per_seed": diffs,
-                                     "wins": sum(d > 0 for d in diffs), "seeds": len(diffs)}
+        seeds = [s for s in sorted(acc["minilm"]) if s in acc["minilm+mlm"]]
+        out[str(n)] = {arm: mean_sd(list(v.values())) for arm, v in acc.items()}
+        out[str(n)]["difference"] = paired_difference([acc["minilm+mlm"][s] for s in seeds],
+                                                      [acc["minilm"][s] for s in seeds])
     return out
 
 

@@ -24,9 +24,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import statistics
 import time
 from pathlib import Path
+
+from hftl.shots.stats import mean_sd, paired_difference
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "recipes" / "configs" / "speech" / "wav2vec2-tiny-digits-full.yaml"
@@ -86,16 +87,9 @@ def main(out: Path, data: Path, seeds: list[int], k: int, epochs: float, overrid
                          "validation_accuracy": m["validation"]["accuracy"], "best_epoch": m["train"]["best_epoch"],
                          "seconds": time.perf_counter() - s})
             print(json.dumps(runs[-1]), flush=True)
-    summary = {}
-    for arm in ("scratch", "masked"):
-        accs = [r["test_accuracy"] for r in runs if r["arm"] == arm]
-        summary[arm] = {"accuracy": accs, "mean": statistics.mean(accs),
-                        "sd": statistics.stdev(accs) if len(accs) > 1 else 0.0}
-    diffs = [a["test_accuracy"] - b["test_accuracy"] for a, b in zip(
-        [r for r in runs if r["arm"] == "masked"], [r for r in runs if r["arm"] == "scratch"], strict=True)]
-    summary["difference"] = {"per_seed": diffs, "mean": statistics.mean(diffs),
-                             "sd": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
-                             "wins": sum(d > 0 for d in diffs), "seeds": len(diffs)}
+    accuracy = {arm: [r["test_accuracy"] for r in runs if r["arm"] == arm] for arm in ("scratch", "masked")}
+    summary = {arm: {"accuracy": accs, **mean_sd(accs)} for arm, accs in accuracy.items()}
+    summary["difference"] = paired_difference(accuracy["masked"], accuracy["scratch"])
     results = {
         "machine": f"2-core x86_64 CPU, {torch.get_num_threads()} thread(s)",
         "data": "synthetic speech (espeak-ng): the digits zero..nine, voices disjoint from the transfer source's",

@@ -17,9 +17,10 @@ import argparse
 import importlib.util
 import json
 import platform
-import statistics
 import time
 from pathlib import Path
+
+from hftl.shots.stats import mean_sd, paired_difference
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "recipes" / "configs" / "vision" / "vit-tiny-fashion-mim-then-full.yaml"
@@ -58,14 +59,9 @@ def main(out: Path, labels: int, seeds: list[int], unlabelled: int, overrides: l
             runs.append({"arm": arm, "seed": seed, "test_accuracy": m["test"]["accuracy"],
                          "best_epoch": m["train"]["best_epoch"], "seconds": time.perf_counter() - t})
             print(json.dumps(runs[-1]), flush=True)
-    summary = {}
-    for arm in ("scratch", "SimMIM"):
-        accs = [r["test_accuracy"] for r in runs if r["arm"] == arm]
-        summary[arm] = {"mean": statistics.mean(accs), "sd": statistics.stdev(accs) if len(accs) > 1 else 0.0}
-    diffs = [a["test_accuracy"] - b["test_accuracy"] for a, b in zip(
-        [r for r in runs if r["arm"] == "SimMIM"], [r for r in runs if r["arm"] == "scratch"], strict=True)]
-    summary["difference"] = {"mean": statistics.mean(diffs), "sd": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
-                             "wins": sum(d > 0 for d in diffs), "seeds": len(diffs)}
+    accuracy = {arm: [r["test_accuracy"] for r in runs if r["arm"] == arm] for arm in ("scratch", "SimMIM")}
+    summary = {arm: mean_sd(accs) for arm, accs in accuracy.items()}
+    summary["difference"] = paired_difference(accuracy["SimMIM"], accuracy["scratch"])
     results = {"machine": f"{platform.machine()} CPU, {torch.get_num_threads()} thread(s)", "labels": labels,
                "unlabelled": stage["train"]["examples"], "pretrain": {"validation": stage["validation"],
                                                                       "history": stage["history"],

@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import time
 from pathlib import Path
+
+from hftl.shots.stats import mean_sd, paired_difference
 
 CONFIG = Path(__file__).resolve().parent.parent / "recipes" / "configs" / "text" / "minilm-rt-full.yaml"
 ARMS = {
@@ -53,17 +54,12 @@ def main() -> None:
             runs.append({"arm": arm, "seed": seed, "accuracy": metrics["test"]["accuracy"],
                          "best_epoch": metrics["train"]["best_epoch"], "seconds": metrics["train"]["seconds"]})
             print(runs[-1], flush=True)
-    summary = {}
-    for arm in ARMS:
-        acc = [r["accuracy"] for r in runs if r["arm"] == arm]
-        base = [r["accuracy"] for r in runs if r["arm"] == "one rate"]
-        diff = [a - b for a, b in zip(acc, base, strict=True)]
-        summary[arm] = {"mean": statistics.mean(acc), "sd": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-                        "paired_difference": statistics.mean(diff),
-                        "difference_sd": statistics.stdev(diff) if len(diff) > 1 else 0.0,
-                        "better_seeds": sum(d > 0 for d in diff)}
-        print(f"{arm:>40}: {summary[arm]['mean']:.3f} ± {summary[arm]['sd']:.3f}  "
-              f"vs one rate {summary[arm]['paired_difference']:+.3f} ± {summary[arm]['difference_sd']:.3f}")
+    accuracy = {arm: [r["accuracy"] for r in runs if r["arm"] == arm] for arm in ARMS}
+    summary = {arm: {**mean_sd(accs), "difference": paired_difference(accs, accuracy["one rate"])}
+               for arm, accs in accuracy.items()}
+    for arm, s in summary.items():
+        d = s["difference"]
+        print(f"{arm:>40}: {s['mean']:.3f} ± {s['sd']:.3f}  vs one rate {d['mean']:+.3f} ± {d['sd']:.3f}")
     result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, CPU", "args": vars(args),
               "runs": runs, "summary": summary}
     out.mkdir(parents=True, exist_ok=True)

@@ -113,7 +113,8 @@ def make_loader(ds, batch_size: int, collate, *, shuffle: bool, seed: int = 0, g
     on_device = getattr(ds, "device", torch.device("cpu")).type != "cpu"  # cached features on the GPU
     workers = 0 if on_device else auto_workers(num_workers)
     return DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=workers,
-                      pin_memory=torch.cuda.is_available() and not on_device, persistent_workers=workers > 0,
+                      pin_memory=torch.cuda.is_available() and not on_device,
+                      persistent_workers=workers > 0 and shuffle,  # the train loader's workers stay between epochs
                       generator=torch.Generator().manual_seed(seed))
 
 

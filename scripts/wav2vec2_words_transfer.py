@@ -29,6 +29,8 @@ import random
 import statistics
 from pathlib import Path
 
+from hftl.shots.stats import mean_sd
+
 ROOT = Path(__file__).parent.parent
 CONFIGS = ROOT / "recipes" / "configs" / "speech"
 SOURCE_WORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
@@ -149,8 +151,7 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
         accs = [m["test"]["accuracy"] for m in metrics]
         out[name] = {
             "accuracy": accs,
-            "mean": statistics.mean(accs),
-            "sd": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            **mean_sd(accs),
             "trainable_params": metrics[0]["train"]["trainable_params"],
             "total_params": metrics[0]["train"]["total_params"],
             "train_seconds": statistics.mean(m["train"]["seconds"] for m in metrics),

@@ -390,3 +390,14 @@ def test_real_minilm_rotten_tomatoes_small_ladder(tmp_path):
         assert metrics["few_shot"][method]["16"]["mean"] > 0.578, metrics["few_shot"][method]
     assert metrics["zero_shot"]["accuracy"] > 0.6
     assert (tmp_path / "ladder" / "ladder.png").exists()
+
+
+def test_mean_sd_and_paired_difference():
+    from hftl.shots.stats import mean_sd, paired_difference
+
+    assert mean_sd([0.7]) == {"mean": 0.7, "sd": 0.0}
+    d = paired_difference([0.6, 0.7, 0.9], [0.5, 0.8, 0.6])
+    assert d["wins"] == 2 and d["seeds"] == 3
+    assert d["mean"] == pytest.approx(0.1) and d["sd"] == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="same seeds"):
+        paired_difference([0.6], [0.5, 0.4])
