@@ -238,9 +238,12 @@ def validate(cfg: Config) -> None:
     }.items():
         if value < 1:
             raise ConfigError(f"{key}={value} must be at least 1")
-    if not 0 < t.layer_lr_decay <= 1 or t.unfreeze_every < 0:
-        raise ConfigError(f"train.layer_lr_decay={t.layer_lr_decay} must be in (0, 1] and "
-                          f"train.unfreeze_every={t.unfreeze_every} at least 0")
+    if not 0 < t.layer_lr_decay <= 1:
+        raise ConfigError(f"train.layer_lr_decay={t.layer_lr_decay} must be in (0, 1] (1: one rate for all)")
+    if t.unfreeze_every < 0:
+        raise ConfigError(f"train.unfreeze_every={t.unfreeze_every} must be at least 0 (0: off)")
+    if t.num_workers < -1:
+        raise ConfigError(f"train.num_workers={t.num_workers} must be -1 (auto) or at least 0")
     if t.epochs <= 0 or t.lr <= 0:
         raise ConfigError(f"train.epochs ({t.epochs}) and train.lr ({t.lr}) must be positive")
     if t.batch_size % t.grad_accum:

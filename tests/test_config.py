@@ -97,3 +97,15 @@ def test_parse_args(tmp_path):
         parse_args(["--config", str(tmp_path / "missing.yaml")])
     with pytest.raises(ConfigError, match="unexpected argument"):
         parse_args(["oops"])
+
+
+@pytest.mark.parametrize("override, named", [
+    ("train.layer_lr_decay=2", "train.layer_lr_decay=2.0"),
+    ("train.unfreeze_every=-1", "train.unfreeze_every=-1.0"),
+    ("train.num_workers=-2", "train.num_workers=-2"),
+    ("train.compile=maybe", "train.compile='maybe'"),
+])
+def test_training_switches_out_of_range_are_named(override, named):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert str(err.value).startswith(named)
