@@ -23,9 +23,9 @@ from accelerate import Accelerator
 from datasets import Dataset
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from hftl.data import LengthGroupedBatches
+from hftl.train import progress
 
 log = logging.getLogger(__name__)
 _MEMORY: dict[str, dict[str, torch.Tensor]] = {}
@@ -61,7 +61,7 @@ def compute_features(model, loader, accelerator: Accelerator) -> dict[str, torch
     """Pooled backbone output and labels for every example, in loader order, gathered across processes."""
     model.eval()
     feats, labels = [], []
-    for batch in tqdm(loader, desc="features", leave=False, disable=not accelerator.is_local_main_process):
+    for batch in progress(loader, accelerator, "features"):
         inputs = {k: v for k, v in batch.items() if k not in ("labels", "length")}
         with accelerator.autocast():
             f = model.features(**inputs)

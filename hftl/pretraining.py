@@ -34,6 +34,8 @@ from hftl.masking import (
     PatchMaskGenerator,
     pack_texts,
 )
+from hftl.strategies import adapters_merged
+from hftl.train import sharded
 
 log = logging.getLogger(__name__)
 AUTO_CLASS = {"text": "AutoModelForMaskedLM", "vision": "AutoModelForMaskedImageModeling",
@@ -191,21 +193,22 @@ def masked_scores(model, loader, accelerator) -> dict:
     device = accelerator.device
     loss, count, correct = (torch.zeros((), device=device, dtype=torch.float64) for _ in range(3))
     text = False
-    for batch in loader:
-        out = model(**batch)
-        if "labels" in batch:  # masked-LM: weight by masked tokens
-            text = True
-            masked = batch["labels"] != IGNORE
-            n = masked.sum()
-            loss += out.loss.double() * n
-            count += n
-            correct += ((out.logits.argmax(-1) == batch["labels"]) & masked).sum()
-        elif "mask_time_indices" in batch:  # wav2vec2: the loss sums over masked frames; per masked frame
-            loss += out.loss.double()
-            count += batch["mask_time_indices"].sum()
-        else:
-            loss += out.loss.double()
-            count += 1
+    with adapters_merged(accelerator.unwrap_model(model), sharded(accelerator)):  # LoRA stages
+        for batch in loader:
+            out = model(**batch)
+            if "labels" in batch:  # masked-LM: weight by masked tokens
+                text = True
+                masked = batch["labels"] != IGNORE
+                n = masked.sum()
+                loss += out.loss.double() * n
+                count += n
+                correct += ((out.logits.argmax(-1) == batch["labels"]) & masked).sum()
+            elif "mask_time_indices" in batch:  # wav2vec2: the loss sums over masked frames; per masked frame
+                loss += out.loss.double()
+                count += batch["mask_time_indices"].sum()
+            else:
+                loss += out.loss.double()
+                count += 1
     loss, count, correct = (accelerator.reduce(t, "sum") for t in (loss, count, correct))
     mean = float(loss / count.clamp(min=1))
     if not text:

@@ -12,13 +12,18 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from hftl.config import ConfigError, StrategyConfig
 
+log = logging.getLogger(__name__)
 STRATEGIES: dict[str, Callable] = {}
 HEAD = "head"
 # Default peft target modules where peft has none for the family (transformers 5 names).
@@ -202,6 +207,53 @@ def peft_strategy(model: nn.Module, cfg: StrategyConfig) -> Adapted:
     freeze_norm_statistics(model.backbone)
     peft_model = get_peft_model(model, peft_config)
     return Adapted(peft_model, cfg.name, frozen=["backbone (except adapters)"], peft_config=peft_config.to_dict())
+
+
+@contextmanager
+def adapters_merged(model: nn.Module, sharded: bool = False) -> Iterator[bool]:
+    """Evaluate with the adapters merged into their base weights; yields whether they were.
+
+    An unmerged LoRA layer runs three matmuls, a dropout and an add where the merged one runs one. On leaving,
+    peft unmerges (its bookkeeping, DoRA's caches) and the saved base weights are copied back, so training goes on
+    from the same bits: ``W + BA - BA`` in floating point is not ``W``. The copy costs the adapted layers' weights
+    once more, far below the gradients and optimizer state that full fine-tuning holds. Nothing happens for
+    models without a mergeable peft tuner (prompt learning, no adapters) or with sharded weights (FSDP,
+    DeepSpeed), and a method that cannot merge is evaluated unmerged.
+
+    Example:
+        >>> with adapters_merged(peft_model):  # doctest: +SKIP
+        ...     logits = peft_model(**batch).logits
+    """
+    from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+
+    tuner = getattr(model, "base_model", None)
+    layers = [m for m in tuner.model.modules() if isinstance(m, BaseTunerLayer) and not m.merged] \
+        if isinstance(tuner, BaseTuner) and not sharded else []
+    saved = [(p, p.detach().clone()) for m in layers for p in m.get_base_layer().parameters(recurse=False)]
+
+    def restore() -> None:
+        with warnings.catch_warnings():  # e.g. "Unmerge result can be inaccurate": the copy below makes it exact
+            warnings.simplefilter("ignore")
+            for m in layers:
+                if m.merged:
+                    m.unmerge()
+        with torch.no_grad():
+            for p, original in saved:
+                p.copy_(original)
+
+    merged = False
+    if layers:
+        try:
+            tuner.merge_adapter()
+            merged = True
+        except (ValueError, NotImplementedError, RuntimeError, TypeError) as e:  # e.g. a method without merge
+            restore()
+            log.info("evaluating with adapters unmerged: %s", e)
+    try:
+        yield merged
+    finally:
+        if merged:
+            restore()
 
 
 def apply_strategy(model: nn.Module, cfg: StrategyConfig) -> Adapted:

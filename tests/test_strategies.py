@@ -2,13 +2,14 @@
 
 import pytest
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import AutoTokenizer
 
 from hftl.config import ConfigError, StrategyConfig
 from hftl.modeling import HftlForClassification
 from hftl.models import load_classifier
 from hftl.run import load
-from hftl.strategies import apply_strategy, find_layers
+from hftl.strategies import adapters_merged, apply_strategy, find_layers
 
 PEFT = ["lora", "dora", "ia3", "loha", "lokr", "adalora", "vera"]
 ALL = ["linear_probe", "head", "full", "freeze_n", *PEFT]
@@ -121,3 +122,39 @@ def test_padding_does_not_change_predictions(tiny_model):
     with torch.no_grad():
         alone = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
         torch.testing.assert_close(model(**padded).logits, alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["lora", "dora", "ia3", "loha", "vera"])
+def test_evaluation_with_merged_adapters_gives_the_same_logits_and_restores_every_bit(tiny_model, name):
+    adapted = apply_strategy(_model(tiny_model), StrategyConfig(name=name, peft={} if name == "ia3" else {"r": 4}))
+    model = adapted.model
+    _train_a_step(model)  # adapters away from their identity init, so a merge changes the base weights
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        expected = model(**_inputs()).logits
+        with adapters_merged(model) as merged:
+            assert merged
+            layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+            assert layers and all(m.merged for m in layers)
+            moved = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+            assert moved  # the merge really wrote into the base weights
+            got = model(**_inputs()).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    assert not any(m.merged for m in model.modules() if isinstance(m, BaseTunerLayer))
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    assert changed == []  # bit for bit: training goes on from the same weights
+    _train_a_step(model)  # and it still trains through the adapters
+    adapter = [n for n in before if ".default" in n and "modules_to_save" not in n]
+    assert adapter and any(not torch.equal(model.get_parameter(n), before[n]) for n in adapter)
+
+
+def test_merged_evaluation_leaves_unmergeable_models_alone(tiny_model):
+    full = apply_strategy(_model(tiny_model), StrategyConfig(name="full")).model
+    with adapters_merged(full) as merged:
+        assert not merged
+    lora = apply_strategy(_model(tiny_model), StrategyConfig(name="lora", peft={"r": 4})).model
+    _train_a_step(lora)
+    before = {n: p.detach().clone() for n, p in lora.named_parameters()}
+    with adapters_merged(lora, sharded=True) as merged:  # FSDP/DeepSpeed: weights are shards
+        assert not merged
+        assert all(torch.equal(p, before[n]) for n, p in lora.named_parameters())
