@@ -79,7 +79,7 @@ def _support_batches(ctx: ShotContext, support: np.ndarray, batch_size: int, ste
 
 def _optimizer(params, lr: float, steps: int) -> tuple:
     """AdamW with SetFit's schedule: 10% linear warmup, then linear decay to zero."""
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, fused=True)
     warmup = max(1, math.ceil(0.1 * steps))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup))
