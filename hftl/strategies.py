@@ -215,8 +215,8 @@ def adapters_merged(model: nn.Module, sharded: bool = False) -> Iterator[bool]:
 
     An unmerged LoRA layer runs three matmuls, a dropout and an add where the merged one runs one. On leaving,
     peft unmerges (its bookkeeping, DoRA's caches) and the saved base weights are copied back, so training goes on
-    from the same bits: ``W + BA - BA`` in floating point is not ``W``. The copy costs the adapted layers' weights
-    once more, far below the gradients and optimizer state that full fine-tuning holds. Nothing happens for
+    from the same bits: ``W + BA - BA`` in floating point is not ``W``. The copy is kept in host memory, so a
+    model that only fits the accelerator with adapters still evaluates merged. Nothing happens for
     models without a mergeable peft tuner (prompt learning, no adapters) or with sharded weights (FSDP,
     DeepSpeed), and a method that cannot merge is evaluated unmerged.
 
@@ -229,7 +229,8 @@ def adapters_merged(model: nn.Module, sharded: bool = False) -> Iterator[bool]:
     tuner = getattr(model, "base_model", None)
     layers = [m for m in tuner.model.modules() if isinstance(m, BaseTunerLayer) and not m.merged] \
         if isinstance(tuner, BaseTuner) and not sharded else []
-    saved = [(p, p.detach().clone()) for m in layers for p in m.get_base_layer().parameters(recurse=False)]
+    base = [p for m in layers for p in m.get_base_layer().parameters(recurse=False)]
+    saved = [(p, p.detach().to("cpu", copy=True)) for p in base]
 
     def restore() -> None:
         with warnings.catch_warnings():  # e.g. "Unmerge result can be inaccurate": the copy below makes it exact
