@@ -32,7 +32,7 @@ _EXPORTS = {
         "resolve",
     ],
     "hftl.modeling": ["HftlConfig", "HftlForClassification"],
-    "hftl.strategies": ["apply_strategy", "Adapted", "STRATEGIES", "transfer_facts"],
+    "hftl.strategies": ["apply_strategy", "adapters_merged", "Adapted", "STRATEGIES", "transfer_facts"],
     "hftl.features": ["cached_features", "as_feature_datasets", "stack_collate"],
     "hftl.train": [
         "make_accelerator", "make_loader", "per_device_batch", "train_batch", "eval_batch", "fit", "evaluate",
