@@ -108,28 +108,15 @@ def main(out: Path, data: Path, seeds: list[int], k: int, epochs: float, overrid
 
 
 def plot(results: dict, path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from hftl.pretraining import plot_stage_against_scratch
 
-    fig = Figure(figsize=(9, 3.2), dpi=120)
-    FigureCanvasAgg(fig)
-    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.4]})
-    history = results["pretrain"]["history"]
-    left.plot([h["epoch"] for h in history], [h["validation"]["loss"] for h in history], "o-", label="validation")
-    left.set_xlabel("masked-stage epoch")
-    left.set_ylabel("loss per masked frame\n(contrastive + diversity, validation)")
-    left.legend(fontsize=8)
-    names = ["scratch", "masked"]
-    for i, arm in enumerate(names):
-        s = results["summary"][arm]
-        right.barh(i, s["mean"], xerr=s["sd"], color=["#999", "#2a7"][i])
-        right.plot(s["accuracy"], [i] * len(s["accuracy"]), "k.")
-    right.set_yticks(range(2), ["random wav2vec2 (full)", "masked stage, then full"])
-    right.set_xlabel(f"test accuracy, {results['clips']['test']} digit clips, unseen voices\n"
-                     f"({results['labelled_per_word']} labels per digit; mean ± sd, dots: seeds)")
-    right.set_xlim(0, 1)
-    fig.tight_layout()
-    fig.savefig(path)
+    arms = {"random wav2vec2 (full)": results["summary"]["scratch"]["accuracy"],
+            "masked stage, then full": results["summary"]["masked"]["accuracy"]}
+    plot_stage_against_scratch(
+        results["pretrain"]["history"], arms, path, train_curve=False,
+        loss_label="loss per masked frame\n(contrastive + diversity, validation)",
+        accuracy_label=f"test accuracy, {results['clips']['test']} digit clips, unseen voices\n"
+        f"({results['labelled_per_word']} labels per digit; mean ± sd, dots: seeds)")
 
 
 if __name__ == "__main__":

@@ -74,29 +74,14 @@ def main(out: Path, labels: int, seeds: list[int], unlabelled: int, overrides: l
 
 
 def plot(results: dict, path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from hftl.pretraining import plot_stage_against_scratch
 
-    fig = Figure(figsize=(9, 3.2), dpi=120)
-    FigureCanvasAgg(fig)
-    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.4]})
-    history = results["pretrain"]["history"]
-    left.plot([h["epoch"] for h in history], [h["validation"]["loss"] for h in history], "o-", label="validation")
-    left.plot([h["epoch"] for h in history], [h["train_loss"] for h in history], "s--", label="train")
-    left.set_xlabel("SimMIM epoch")
-    left.set_ylabel("reconstruction loss (L1, masked)")
-    left.legend(fontsize=8)
-    names = ["scratch", "SimMIM"]
-    for i, arm in enumerate(names):
-        s = results["summary"][arm]
-        accs = [r["test_accuracy"] for r in results["runs"] if r["arm"] == arm]
-        right.barh(i, s["mean"], xerr=s["sd"], color=["#999", "#2a7"][i])
-        right.plot(accs, [i] * len(accs), "k.")
-    right.set_yticks(range(2), ["random ViT (full)", "SimMIM ViT (full)"])
-    right.set_xlabel(f"test accuracy, 10,000 images\n({results['labels']} labels; mean ± sd, dots: seeds)")
-    right.set_xlim(0, 1)
-    fig.tight_layout()
-    fig.savefig(path)
+    arms = {label: [r["test_accuracy"] for r in results["runs"] if r["arm"] == arm]
+            for arm, label in (("scratch", "random ViT (full)"), ("SimMIM", "SimMIM ViT (full)"))}
+    plot_stage_against_scratch(
+        results["pretrain"]["history"], arms, path, stage_label="SimMIM epoch",
+        loss_label="reconstruction loss (L1, masked)",
+        accuracy_label=f"test accuracy, 10,000 images\n({results['labels']} labels; mean ± sd, dots: seeds)")
 
 
 if __name__ == "__main__":
