@@ -24,8 +24,9 @@ Arms, each a fresh model:
 Prints samples/s (and tokens/s for text), peak GPU memory, achieved TFLOP/s (matmul, convolution and attention
 FLOPs of one training step, counted by ``torch.utils.flop_counter``) with its share of ``--peak-tflops``, and each
 ratio hftl / Trainer. Writes every figure to ``--out`` (JSON) as it goes. On a CPU (a shared machine whose speed
-drifts by 10-20% over minutes) every arm but the Trainer's frozen one runs ``--repeats`` times, alternating, and
-the fastest run of each is kept (all are in the JSON).
+drifts by up to a quarter within minutes) the training arms but the Trainer's frozen one run ``--repeats`` times,
+alternating, and the fastest run of each is kept (all are in the JSON); the LoRA-evaluation arm alternates merged
+and unmerged ``--repeats`` + 1 times inside one run.
 """
 
 from __future__ import annotations
@@ -370,6 +371,8 @@ def main() -> None:
                         help="the GPU's measured bf16 matmul peak (790 on this project's H200)")
     parser.add_argument("--out", default="bench/results/throughput.json")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     arms = set(args.arms.split(","))
     all_specs = specs(args.tiny)
     result = {

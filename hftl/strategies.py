@@ -224,11 +224,14 @@ def adapters_merged(model: nn.Module, sharded: bool = False) -> Iterator[bool]:
         >>> with adapters_merged(peft_model):  # doctest: +SKIP
         ...     logits = peft_model(**batch).logits
     """
+    if sharded or not hasattr(model, "peft_config"):  # not a peft model: peft is not even imported
+        yield False
+        return
     from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 
     tuner = getattr(model, "base_model", None)
     layers = [m for m in tuner.model.modules() if isinstance(m, BaseTunerLayer) and not m.merged] \
-        if isinstance(tuner, BaseTuner) and not sharded else []
+        if isinstance(tuner, BaseTuner) else []
     base = [p for m in layers for p in m.get_base_layer().parameters(recurse=False)]
     saved = [(p, p.detach().to("cpu", copy=True)) for p in base]
 

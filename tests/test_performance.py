@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from datasets import Dataset
 from transformers import AutoTokenizer
 
 from hftl.config import TrainConfig, load_config
@@ -70,6 +71,40 @@ def test_plain_steps_train_exactly_as_accelerates_wrappers(tiny_model, monkeypat
         monkeypatch.undo()
         for k in fast:
             torch.testing.assert_close(fast[k], wrapped[k], msg=k)
+
+
+def test_predict_evaluates_a_lora_model_with_merged_adapters_and_leaves_its_weights_alone(tiny_model):
+    """``predict`` (validation and test) runs every adapted layer merged, gives the unmerged logits, and training
+    goes on from bit-identical weights."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from hftl.train import predict
+
+    torch.manual_seed(0)
+    model = apply_strategy(load_classifier(tiny_model, 2), load_config(None, ["strategy.name=lora"]).strategy).model
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.5)  # an adapter that changes the output (lora_B starts at zero)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    rows = [{**tok(t), "label": i % 2} for i, t in enumerate(["a b c", "c b a d", "b", "d d a c b"] * 3)]
+    accelerator = make_accelerator(TrainConfig(mixed_precision="no"))
+    loader = make_loader(Dataset.from_list(rows), 4, collator_for(tok), shuffle=False, group=False)
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda m, a: seen.append(m.merged)) for m in layers]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    merged_logits, labels = predict(model, loader, accelerator)
+    assert seen and all(seen)
+    seen.clear()
+    unmerged_logits, _ = predict(model, loader, accelerator, merge_adapters=False)
+    assert seen and not any(seen)
+    for h in hooks:
+        h.remove()
+    torch.testing.assert_close(merged_logits, unmerged_logits, atol=1e-5, rtol=1e-4)
+    assert labels.tolist() == [r["label"] for r in rows]
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert not any(m.merged for m in layers)
 
 
 def test_settings_rules_on_the_cpu(tiny_model):
