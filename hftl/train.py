@@ -35,7 +35,7 @@ from transformers import get_scheduler
 from hftl.config import TrainConfig
 from hftl.data import LengthGroupedBatches
 from hftl.metrics import compute_metrics
-from hftl.strategies import adapters_merged
+from hftl.strategies import adapters_merged, find_layers
 
 log = logging.getLogger(__name__)
 _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight", "layernorm.weight")
@@ -50,7 +50,8 @@ def make_accelerator(cfg: TrainConfig, **kwargs) -> Accelerator:
     per process, for schedules counted in single-process steps).
     ``mixed_precision: auto`` is bf16 on GPUs that have it, fp32 elsewhere. A launch of several processes on a
     machine with no accelerator runs DDP over gloo on the CPU: ``accelerate launch --multi_gpu`` and ``torchrun``
-    do not pass ``use_cpu`` on, and without ``cpu=True`` each process would silently train alone.
+    do not pass ``use_cpu`` on, and without ``cpu=True`` each process would silently train alone. An FSDP launcher
+    config shards there too (``_fsdp_on_cpu``), where accelerate alone would fall back to DDP.
 
     Example:
         >>> accelerator = make_accelerator(TrainConfig(mixed_precision="no"))  # doctest: +SKIP
@@ -64,7 +65,64 @@ def make_accelerator(cfg: TrainConfig, **kwargs) -> Accelerator:
     # pinned host memory (make_loader) and asynchronous copies: no host-device synchronisation per batch
     kwargs.setdefault("dataloader_config", DataLoaderConfiguration(split_batches=True,
                                                                    non_blocking=torch.cuda.is_available()))
-    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum, **kwargs)
+    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum, **kwargs)
+    if kwargs["cpu"] and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        _fsdp_on_cpu(accelerator)
+    return accelerator
+
+
+def _fsdp_on_cpu(accelerator: Accelerator) -> None:
+    """Keep an FSDP launcher config's word on CPU processes.
+
+    accelerate enables FSDP on accelerators only: launched on CPUs with an FSDP config, it runs DDP and says
+    nothing. hftl sets the same plugin (read from the launcher's ``FSDP_*`` variables) on the gloo processes, so an
+    FSDP recipe runs sharded on a laptop first (``recipes/accelerate/cpu-fsdp-2.yaml``), and is tested here.
+    FSDP2 only: FSDP1 on CPU fails inside torch (its compute device and ``device_id`` disagree).
+    """
+    from accelerate.state import PartialState
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin()
+    if plugin.fsdp_version != 2:
+        raise ValueError(f"FSDP on CPU processes needs fsdp_version: 2 in the launcher config (got "
+                         f"{plugin.fsdp_version}); FSDP1 runs on GPUs only")
+    accelerator.state.fsdp_plugin = plugin
+    accelerator.state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
+def fsdp_units(accelerator: Accelerator, model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, str]]:
+    """Get a model ready for accelerate's FSDP2: one unit per backbone block, one owner per parameter.
+
+    accelerate's default units are the model's ``_no_split_modules``, which for BERT or ViT include the embeddings
+    module; accelerate then also makes the word or patch embedding inside it a unit of its own, and FSDP2 fails on
+    its already sharded weight (accelerate 1.15). The blocks hftl finds for ``freeze_n`` are the units instead
+    (unless the launcher config names classes); accelerate still gives the input embedding and the output layer
+    with the final norm units of their own.
+    FSDP2 refuses a parameter registered by two modules in different units. Masked-LM heads register their
+    decoder's bias again on the head (BERT's ``cls.predictions.bias``, for old checkpoints; forward never reads
+    it): such aliases are taken off here and returned, for ``restore_aliases`` to put back once trained.
+    """
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    if accelerator.distributed_type != DistributedType.FSDP or plugin is None:
+        return []
+    blocks = find_layers(model)[1]
+    if len(blocks) and not plugin.transformer_cls_names_to_wrap:
+        plugin.transformer_cls_names_to_wrap = sorted({type(block).__name__ for block in blocks})
+    aliases = []
+    for parent in model.modules():
+        for name, param in list(parent._parameters.items()):
+            owner = next((path for path, p in parent.named_parameters(remove_duplicate=False)
+                          if p is param and "." in path), None)
+            if param is not None and owner is not None:
+                del parent._parameters[name]
+                aliases.append((parent, name, owner))
+    return aliases
+
+
+def restore_aliases(aliases: list[tuple[torch.nn.Module, str, str]]) -> None:
+    """Register again the aliases ``fsdp_units`` took off, on the trained parameters: the saved model is whole."""
+    for parent, name, owner in aliases:
+        parent.register_parameter(name, parent.get_parameter(owner))
 
 
 def per_device_batch(cfg: TrainConfig, accelerator: Accelerator) -> int:
@@ -444,6 +502,7 @@ def fit(model, train_loader: DataLoader, val_loader: DataLoader, accelerator: Ac
     scheduler = get_scheduler(cfg.scheduler, optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     if cfg.unfreeze_every:
         scheduler = gradual_unfreezing(scheduler, steps_per_epoch, cfg.unfreeze_every, layer_depths(model)[1])
+    aliases = fsdp_units(accelerator, model)
     names = _saved_names(model)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -483,4 +542,5 @@ def fit(model, train_loader: DataLoader, val_loader: DataLoader, accelerator: Ac
             break
     if best is not None:
         _load_trainable(accelerator, model, best)
+    restore_aliases(aliases)
     return model, state

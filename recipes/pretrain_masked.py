@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from accelerate.utils import DistributedType
+
 import hftl
 from hftl.config import Config, save_config
 from hftl.data import modality_of
@@ -45,6 +47,11 @@ def pretrain(cfg: Config, stage_dir: Path) -> dict:
     stage_train = dataclasses.replace(cfg.train, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, head_lr=0.0,
                                       metric_for_best="loss", early_stopping_patience=0)
     accelerator = hftl.make_accelerator(stage_train)
+    if p.strategy != "full" and accelerator.distributed_type == DistributedType.FSDP:
+        # peft's trainable copy of the head (modules_to_save) keeps the original decoder tied to the input embedding
+        # in another FSDP unit, which FSDP2 refuses; full fine-tuning of the stage shards (tested)
+        raise ValueError(f"pretrain.strategy={p.strategy} does not run under FSDP; use pretrain.strategy=full there, "
+                         "or DDP (recipes/accelerate/multi-gpu-ddp.yaml) for an adapter stage")
     hftl.set_seed(cfg.train.seed)
     processor = hftl.load_processor(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
     modality = modality_of(processor)
