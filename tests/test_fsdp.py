@@ -96,6 +96,16 @@ def test_fsdp_on_two_processes_matches_one(still_model, tiny_csv, tmp_path, fsdp
     assert not (checkpoint / "model.safetensors").exists()
 
 
+def test_fsdp_layer_rates_unfreezing_and_checkpointing_match_one(still_model, tiny_csv, tmp_path):
+    """Per-block learning rates, gradual unfreezing (one LR schedule per group) and gradient checkpointing work
+    unchanged on sharded parameters."""
+    overrides = [*_overrides(still_model, tiny_csv, "full", tmp_path / "two"), "train.layer_lr_decay=0.8",
+                 "train.head_lr=1e-2", "train.unfreeze_every=1", "train.gradient_checkpointing=true"]
+    ok(launch("finetune.py", overrides))
+    one = main(load_config(None, [*overrides, f"output_dir={tmp_path / 'one'}"]))
+    _assert_same(one, json.loads((tmp_path / "two" / "metrics.json").read_text()), tmp_path / "one", tmp_path / "two")
+
+
 def test_fsdp_resume_after_sigkill_matches_uninterrupted_run(still_model, tiny_csv, tmp_path, fsdp_runs):
     """Killed after step 14 (mid-epoch 2), resumed from the sharded checkpoint of step 12, on 2 processes again."""
     overrides = _overrides(still_model, tiny_csv, "full", tmp_path)
