@@ -51,8 +51,9 @@ def still_model(tmp_path_factory) -> str:
 
 def _overrides(model: str, data: str, strategy: str, out: Path) -> list[str]:
     return [f"model.name={model}", f"data.name={data}", "data.validation_size=0.2", "data.test_size=0.2",
-            "model.head_dropout=0", f"strategy.name={strategy}", "train.epochs=3", "train.batch_size=8",
-            "train.eval_batch_size=10", "train.lr=3e-3", "train.checkpoint_every=4", f"output_dir={out}"]
+            "model.head_dropout=0", f"strategy.name={strategy}", "strategy.freeze_layers=1", "train.epochs=3",
+            "train.batch_size=8", "train.eval_batch_size=10", "train.lr=3e-3", "train.checkpoint_every=4",
+            f"output_dir={out}"]
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -73,21 +74,26 @@ def _assert_same(expected: dict, got: dict, expected_dir: Path, got_dir: Path) -
 
 
 @pytest.fixture(scope="module")
-def fsdp_runs(still_model, tiny_csv, tmp_path_factory) -> dict:
-    """strategy -> (run directory, metrics) of an uninterrupted 2-process FSDP run, made once."""
+def fsdp_run(still_model, tiny_csv, tmp_path_factory):
+    """strategy -> (run directory, metrics) of an uninterrupted 2-process FSDP run, made once per strategy."""
     runs = {}
-    for strategy in ("full", "lora"):
-        out = tmp_path_factory.mktemp(f"fsdp-{strategy}")
-        log = ok(launch("finetune.py", _overrides(still_model, tiny_csv, strategy, out)))
-        assert "effective batch 8 = 4 per process x 2 processes" in log.stdout
-        runs[strategy] = out, json.loads((out / "metrics.json").read_text())
-    return runs
+
+    def run(strategy: str) -> tuple[Path, dict]:
+        if strategy not in runs:
+            out = tmp_path_factory.mktemp(f"fsdp-{strategy}")
+            log = ok(launch("finetune.py", _overrides(still_model, tiny_csv, strategy, out)))
+            assert "effective batch 8 = 4 per process x 2 processes" in log.stdout
+            runs[strategy] = out, json.loads((out / "metrics.json").read_text())
+        return runs[strategy]
+
+    return run
 
 
-@pytest.mark.parametrize("strategy", ["full", "lora"])
-def test_fsdp_on_two_processes_matches_one(still_model, tiny_csv, tmp_path, fsdp_runs, strategy):
-    """Same losses, scores and saved weights as one process; the checkpoints hold one shard per process."""
-    two_dir, two = fsdp_runs[strategy]
+@pytest.mark.parametrize("strategy", ["full", "lora", "freeze_n"])
+def test_fsdp_on_two_processes_matches_one(still_model, tiny_csv, tmp_path, fsdp_run, strategy):
+    """Same losses, scores and saved weights as one process (frozen and trainable weights share units for lora
+    and freeze_n); the checkpoints hold one shard per process."""
+    two_dir, two = fsdp_run(strategy)
     one = main(load_config(None, _overrides(still_model, tiny_csv, strategy, tmp_path / "one")))
     _assert_same(one, two, tmp_path / "one", two_dir)
     checkpoint = two_dir / "checkpoints" / "step-00000027"
@@ -106,14 +112,14 @@ def test_fsdp_layer_rates_unfreezing_and_checkpointing_match_one(still_model, ti
     _assert_same(one, json.loads((tmp_path / "two" / "metrics.json").read_text()), tmp_path / "one", tmp_path / "two")
 
 
-def test_fsdp_resume_after_sigkill_matches_uninterrupted_run(still_model, tiny_csv, tmp_path, fsdp_runs):
+def test_fsdp_resume_after_sigkill_matches_uninterrupted_run(still_model, tiny_csv, tmp_path, fsdp_run):
     """Killed after step 14 (mid-epoch 2), resumed from the sharded checkpoint of step 12, on 2 processes again."""
     overrides = _overrides(still_model, tiny_csv, "full", tmp_path)
     killed = launch("finetune.py", overrides, env={KILL_ENV: "step-14"})
     assert killed.returncode != 0 and not (tmp_path / "metrics.json").exists()
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*")) == ["step-00000009", "step-00000012"]
     ok(launch("finetune.py", [*overrides, "train.resume=true"]))
-    reference_dir, reference = fsdp_runs["full"]
+    reference_dir, reference = fsdp_run("full")
     _assert_same(reference, json.loads((tmp_path / "metrics.json").read_text()), reference_dir, tmp_path)
 
 
