@@ -111,9 +111,9 @@ def fsdp_units(accelerator: Accelerator, model: torch.nn.Module) -> list[tuple[t
     aliases = []
     for parent in model.modules():
         for name, param in list(parent._parameters.items()):
-            owner = next((path for path, p in parent.named_parameters(remove_duplicate=False)
-                          if p is param and "." in path), None)
-            if param is not None and owner is not None:
+            owner = param is not None and next((path for path, p in parent.named_parameters(remove_duplicate=False)
+                                                if p is param and "." in path), None)  # a descendant's name for it
+            if owner:
                 del parent._parameters[name]
                 aliases.append((parent, name, owner))
     return aliases
@@ -496,7 +496,7 @@ def fit(model, train_loader: DataLoader, val_loader: DataLoader, accelerator: Ac
     """
     groups = param_groups(model, cfg.lr, cfg.head_lr, cfg.weight_decay, cfg.layer_lr_decay,
                           by_depth=bool(cfg.unfreeze_every))
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=True)  # one kernel per step, CPU included (7x there)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=True)  # one kernel per step, CPU included
     steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)
     epochs, total_steps = math.ceil(cfg.epochs), max(1, int(steps_per_epoch * cfg.epochs))
     scheduler = get_scheduler(cfg.scheduler, optimizer, int(cfg.warmup_ratio * total_steps), total_steps)

@@ -20,6 +20,7 @@ import yaml
 from accelerate.utils import DistributedType
 from hftl.recipes.finetune import main
 from safetensors.torch import load_file
+from same_run import assert_same_run
 
 from hftl.config import load_config
 from hftl.testing import tiny_text_model
@@ -56,21 +57,9 @@ def _overrides(model: str, data: str, strategy: str, out: Path) -> list[str]:
             f"output_dir={out}"]
 
 
-def _weights(run: Path) -> dict[str, torch.Tensor]:
-    adapter = (run / "model" / "adapter_config.json").exists()
-    return load_file(run / "model" / ("adapter_model.safetensors" if adapter else "model.safetensors"))
-
-
 def _assert_same(expected: dict, got: dict, expected_dir: Path, got_dir: Path) -> None:
-    assert got["train"]["steps"] == expected["train"]["steps"] == 27
-    assert got["test"] == pytest.approx(expected["test"], rel=RTOL, abs=ATOL)
-    for a, b in zip(expected["history"], got["history"], strict=True):
-        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=RTOL, abs=ATOL)
-        assert b["validation"] == pytest.approx(a["validation"], rel=RTOL, abs=ATOL)
-    want, have = _weights(expected_dir), _weights(got_dir)
-    assert want.keys() == have.keys()
-    for name, w in want.items():
-        torch.testing.assert_close(have[name], w, rtol=RTOL, atol=1e-5, msg=name)
+    assert got["train"]["steps"] == 27
+    assert_same_run(expected, got, expected_dir, got_dir, rtol=RTOL, atol=ATOL, weight_atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -141,19 +130,21 @@ def test_fsdp_masked_stage_then_finetune(tiny_model, tiny_csv, tmp_path):
     assert 0 <= json.loads((tmp_path / "metrics.json").read_text())["test"]["accuracy"] <= 1
 
 
-def test_fsdp_vision(tmp_path):
-    """A ViT (its embeddings module is in _no_split_modules) fine-tuned fully under FSDP."""
+def test_fsdp_vision_matches_one(tmp_path):
+    """A ViT (its embeddings module is in _no_split_modules) fine-tuned fully under FSDP, as on one process."""
     from test_vision import _VIT, SIZE, _image_folder
     from transformers import AutoConfig, AutoModel, ViTImageProcessorPil
 
     torch.manual_seed(0)
     AutoModel.from_config(AutoConfig.for_model("vit", **_VIT)).save_pretrained(tmp_path / "vit")
     ViTImageProcessorPil(size={"height": SIZE, "width": SIZE}).save_pretrained(tmp_path / "vit")
-    ok(launch("finetune.py", [
-        f"model.name={tmp_path / 'vit'}", f"data.name={_image_folder(tmp_path / 'imgs')}", "data.validation_size=0.2",
-        "data.test_size=0.2", "strategy.name=full", "train.epochs=3", "train.batch_size=8",
-        f"output_dir={tmp_path / 'run'}"]))
-    assert (tmp_path / "run" / "model" / "model.safetensors").exists()
+    overrides = [f"model.name={tmp_path / 'vit'}", f"data.name={_image_folder(tmp_path / 'imgs')}",
+                 "data.validation_size=0.2", "data.test_size=0.2", "data.augment=false", "model.head_dropout=0",
+                 "strategy.name=full", "train.epochs=3", "train.batch_size=8", "train.eval_batch_size=10"]
+    ok(launch("finetune.py", [*overrides, f"output_dir={tmp_path / 'two'}"]))
+    one = main(load_config(None, [*overrides, f"output_dir={tmp_path / 'one'}"]))
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert_same_run(one, two, tmp_path / "one", tmp_path / "two", rtol=RTOL, atol=ATOL, weight_atol=1e-5)
 
 
 def _fsdp_accelerator(names=None) -> SimpleNamespace:

@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from hftl.recipes.finetune import main
-from safetensors.torch import load_file
+from same_run import assert_same_run
 
 from hftl.config import load_config
 from hftl.train import KILL_ENV, last_checkpoint
@@ -47,25 +46,6 @@ def _run_killed(overrides: list[str], point: str) -> None:
     assert out.returncode == -signal.SIGKILL, out.stderr[-3000:]
 
 
-def _weights(run: Path) -> dict[str, torch.Tensor]:
-    model_dir = run / "model"
-    name = "adapter_model.safetensors" if (model_dir / "adapter_config.json").exists() else "model.safetensors"
-    return load_file(model_dir / name)
-
-
-def _assert_same_run(expected: dict, got: dict, expected_dir: Path, got_dir: Path) -> None:
-    assert got["test"] == pytest.approx(expected["test"], rel=RTOL, abs=ATOL)
-    for key in ("epochs", "steps", "best_epoch"):
-        assert got["train"][key] == expected["train"][key], key
-    for a, b in zip(expected["history"], got["history"], strict=True):
-        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=RTOL, abs=ATOL)
-        assert b["validation"] == pytest.approx(a["validation"], rel=RTOL, abs=ATOL)
-    want, have = _weights(expected_dir), _weights(got_dir)
-    assert want.keys() == have.keys()
-    for name, w in want.items():
-        torch.testing.assert_close(have[name], w, rtol=RTOL, atol=ATOL, msg=name)
-
-
 @pytest.fixture(scope="module")
 def references() -> dict:
     """Uninterrupted runs, one per strategy, made by the first test that needs one."""
@@ -91,7 +71,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model, tiny_csv, tm
         assert (checkpoints / ".tmp-step-00000016" / "model.safetensors").exists()
         assert not (checkpoints / "step-00000016").exists()
     resumed = main(load_config(None, [*overrides, "train.resume=true"]))
-    _assert_same_run(reference, resumed, reference_dir, out_dir)
+    assert_same_run(reference, resumed, reference_dir, out_dir, rtol=RTOL, atol=ATOL)
     assert not list(checkpoints.glob(".tmp-*"))
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step-00000016", "step-00000018"]
 
