@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from hftl.accumulation import loss_terms, step_groups, step_weights
 from hftl.config import TrainConfig
 from hftl.data import LengthGroupedBatches
 from hftl.metrics import compute_metrics
@@ -427,8 +429,13 @@ def _plain_steps(accelerator: Accelerator) -> bool:
 
 
 def _train_epoch(model, loader, optimizer, scheduler, accelerator: Accelerator, cfg: TrainConfig,
-                 state: LoopState, checkpoint: Callable[[], None] | None) -> float:
-    """The epoch ``state.epoch`` (its remaining batches when resumed mid-epoch); its mean train loss."""
+                 state: LoopState, checkpoint: Callable[[], None] | None, count_terms: Callable = loss_terms) -> float:
+    """The epoch ``state.epoch`` (its remaining steps when resumed mid-epoch); its mean train loss per step.
+
+    Each optimizer step is a group of ``grad_accum`` loader batches, the examples of one ``train.batch_size`` batch
+    (see ``LengthGroupedBatches``), weighted by ``step_weights``: the step's gradient is the whole batch's, with
+    uneven last steps and token-level losses too. Gradients are synchronised on the group's last batch only.
+    """
     model.train()
     loader.set_epoch(state.epoch)  # accelerate's loader re-sets our sampler's epoch from its own count
     if state.batch:
@@ -438,29 +445,31 @@ def _train_epoch(model, loader, optimizer, scheduler, accelerator: Accelerator, 
     opt, sched = (optimizer.optimizer, scheduler.scheduler) if plain else (optimizer, scheduler)
     params = [p for p in model.parameters() if p.requires_grad]
     bar = progress(loader, accelerator, f"epoch {state.epoch + 1}")
-    for batch in bar:
-        with accelerator.accumulate(model):
-            loss = model(**_model_inputs(batch)).loss
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:  # the last micro-batch of an accumulation step
-                if cfg.max_grad_norm and plain:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
-                elif cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-        total += loss.detach()  # summed on device: no host sync per step
-        state.batch += 1
-        if not accelerator.sync_gradients:
-            continue
+    for group in step_groups(bar, cfg.grad_accum):
+        weights = step_weights(group, accelerator, count_terms)
+        for i, batch in enumerate(group):
+            last = i == len(group) - 1
+            accelerator.sync_gradients = last  # accelerate's optimizer, scheduler and DeepSpeed step on the last
+            with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                loss = model(**_model_inputs(batch)).loss * weights[i]
+                accelerator.backward(loss)
+            total += loss.detach() / accelerator.gradient_accumulation_steps  # summed on device: no host sync
+        if cfg.max_grad_norm and plain:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
+        elif cfg.max_grad_norm:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        state.batch += len(group)
         state.step += 1
         _kill_point(f"step-{state.step}")
         end = accelerator.gradient_state.end_of_dataloader  # the epoch's own checkpoint follows evaluation
         if checkpoint and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and not end:
             state.epoch_loss = float(accelerator.reduce(total, "mean"))
             checkpoint()
-    loss = float(accelerator.reduce(total, "mean")) / max(state.batch, 1)
+    steps = -(-state.batch // cfg.grad_accum)  # only the last step of an epoch can have fewer batches
+    loss = float(accelerator.reduce(total, "mean")) / max(steps, 1)
     state.batch, state.epoch_loss = 0, 0.0
     return loss
 
@@ -483,17 +492,23 @@ def _end_epoch(state: LoopState, cfg: TrainConfig, train_loss: float, scores: di
 
 def fit(model, train_loader: DataLoader, val_loader: DataLoader, accelerator: Accelerator, cfg: TrainConfig,
         metrics: list[str], *, checkpoint_dir: str | Path | None = None,
-        resume: bool = False, evaluate_fn: Callable | None = None) -> tuple[object, LoopState]:
+        resume: bool = False, evaluate_fn: Callable | None = None,
+        count_terms: Callable = loss_terms) -> tuple[object, LoopState]:
     """Train with evaluation each epoch; return the prepared model loaded with its best weights, and the state.
 
-    ``train_loader`` yields batches of ``train_batch(cfg, accelerator)`` examples (split over the processes).
+    ``train_loader`` (``make_loader``) yields batches of ``train_batch(cfg, accelerator)`` examples (split over the
+    processes); fit groups its batches into optimizer steps of ``train.grad_accum`` (the sampler's ``accum``), so
+    that accumulation trains on the examples, in the order, of ``train.batch_size`` batches without it.
     Dropout differs per process (seed + process index); initial weights are the caller's, the same everywhere.
     ``evaluate_fn(model, val_loader, accelerator) -> scores`` replaces the classification ``evaluate``.
+    ``count_terms(batch)``: how many terms the model's loss averages over (``hftl.accumulation.loss_terms``).
 
     Example:
         >>> model, state = fit(model, loader, val_loader, accelerator, cfg.train, ["accuracy"],  # doctest: +SKIP
         ...                    checkpoint_dir="runs/x/checkpoints", resume=True)
     """
+    if isinstance(train_loader.batch_sampler, LengthGroupedBatches):  # one optimizer step = one group of batches
+        train_loader.batch_sampler.accum = cfg.grad_accum
     groups = param_groups(model, cfg.lr, cfg.head_lr, cfg.weight_decay, cfg.layer_lr_decay,
                           by_depth=bool(cfg.unfreeze_every))
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=True)  # one kernel per step, CPU included
@@ -527,7 +542,7 @@ def fit(model, train_loader: DataLoader, val_loader: DataLoader, accelerator: Ac
         start = time.perf_counter()
         batches.set_epoch(state.epoch)
         train_loss = _train_epoch(model, train_loader, optimizer, scheduler, accelerator, cfg, state,
-                                  checkpoint if ckpt_dir else None)
+                                  checkpoint if ckpt_dir else None, count_terms)
         train_seconds = time.perf_counter() - start  # the epoch's loss was reduced: the device has finished
         scores = (evaluate_fn(model, val_loader, accelerator) if evaluate_fn  # e.g. masked-modeling scores
                   else evaluate(model, val_loader, accelerator, metrics, "validation"))
