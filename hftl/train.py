@@ -36,7 +36,7 @@ from transformers import get_scheduler
 from hftl.accumulation import loss_terms, step_groups, step_weights
 from hftl.config import TrainConfig
 from hftl.data import LengthGroupedBatches
-from hftl.metrics import compute_metrics
+from hftl.metrics import check_metrics, compute_metrics
 from hftl.strategies import adapters_merged, find_layers
 
 log = logging.getLogger(__name__)
@@ -500,13 +500,16 @@ def fit(model, train_loader: DataLoader, val_loader: DataLoader, accelerator: Ac
     processes); fit groups its batches into optimizer steps of ``train.grad_accum`` (the sampler's ``accum``), so
     that accumulation trains on the examples, in the order, of ``train.batch_size`` batches without it.
     Dropout differs per process (seed + process index); initial weights are the caller's, the same everywhere.
-    ``evaluate_fn(model, val_loader, accelerator) -> scores`` replaces the classification ``evaluate``.
+    ``evaluate_fn(model, val_loader, accelerator) -> scores`` replaces the classification ``evaluate`` (whose
+    ``metrics`` and ``cfg.metric_for_best`` are checked before the first step: ConfigError).
     ``count_terms(batch)``: how many terms the model's loss averages over (``hftl.accumulation.loss_terms``).
 
     Example:
         >>> model, state = fit(model, loader, val_loader, accelerator, cfg.train, ["accuracy"],  # doctest: +SKIP
         ...                    checkpoint_dir="runs/x/checkpoints", resume=True)
     """
+    if evaluate_fn is None:  # names of metrics and metric_for_best, before the first step (the caller's choice)
+        check_metrics(metrics, cfg.metric_for_best, trust_remote_code=True)
     if isinstance(train_loader.batch_sampler, LengthGroupedBatches):  # one optimizer step = one group of batches
         train_loader.batch_sampler.accum = cfg.grad_accum
     groups = param_groups(model, cfg.lr, cfg.head_lr, cfg.weight_decay, cfg.layer_lr_decay,
