@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import shutil
 import signal
 import time
@@ -34,7 +35,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from hftl.accumulation import loss_terms, step_groups, step_weights
-from hftl.config import TrainConfig
+from hftl.config import ConfigError, TrainConfig
 from hftl.data import LengthGroupedBatches
 from hftl.metrics import check_metrics, compute_metrics
 from hftl.strategies import adapters_merged, find_layers
@@ -399,6 +400,17 @@ def last_checkpoint(ckpt_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
+def _load_tensors(path: Path) -> dict:
+    """A checkpoint file of tensors, loaded with ``weights_only=True`` whatever torch's default (it changed in 2.6):
+    a pickle holding anything else would run code when loaded, and is refused."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ConfigError(f"train.resume: {path} holds more than tensors (unpickling it could run code) and is "
+                          f"refused; delete {path.parent} to resume from the checkpoint before it, or set "
+                          f"train.resume=false. ({str(err).splitlines()[0]})") from err
+
+
 def _start(accelerator: Accelerator, ckpt_dir: Path | None, resume: bool) -> tuple[LoopState, dict | None]:
     """Load the last complete checkpoint when resuming; a fresh run deletes the folder's old checkpoints."""
     last = last_checkpoint(ckpt_dir) if ckpt_dir and resume else None
@@ -410,9 +422,9 @@ def _start(accelerator: Accelerator, ckpt_dir: Path | None, resume: bool) -> tup
         if resume:
             accelerator.print(f"train.resume: no complete checkpoint in {ckpt_dir}, starting from the beginning")
         return LoopState(), None
-    accelerator.load_state(str(last))
+    accelerator.load_state(str(last), load_kwargs={"weights_only": True})  # optimizer, scheduler: tensors only
     state = LoopState(**json.loads((last / "hftl_state.json").read_text()))
-    best = torch.load(last / "best_trainable.pt") if (last / "best_trainable.pt").exists() else None
+    best = _load_tensors(last / "best_trainable.pt") if (last / "best_trainable.pt").exists() else None
     accelerator.print(f"resumed from {last} (epoch {state.epoch}, batch {state.batch}, step {state.step})")
     return state, best
 

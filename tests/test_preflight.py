@@ -7,15 +7,19 @@ loading the model's weights, the ladder's feature pass or the masked stage.
 
 from __future__ import annotations
 
+import ast
+import os
 import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from hftl.config import ConfigError, load_config
 from hftl.metrics import check_metrics
 from hftl.models import max_positions
 from hftl.testing import tiny_text_model
+from hftl.train import last_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -176,3 +180,39 @@ def test_ladder_refuses_before_any_rung(tiny_cfg, no_compute, override, message)
     overrides = [*tiny_cfg, "shots.methods=[prototype,lora]", override]
     with pytest.raises(ConfigError, match=message):
         ladder.main(load_config(None, overrides))
+
+
+# ------------------------------------------------------------------ 5. checkpoints load tensors only
+
+
+class Payload:
+    """Unpickling this creates a folder: code a checkpoint file could run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return os.makedirs, (str(self.path),)
+
+
+def test_a_checkpoint_holding_more_than_tensors_is_refused(tiny_cfg, tmp_path):
+    _finetune([*tiny_cfg, "train.epochs=1"])
+    last = last_checkpoint(tmp_path / "run" / "checkpoints")
+    best = torch.load(last / "best_trainable.pt", weights_only=True)
+    torch.save({**best, "extra": Payload(tmp_path / "code-ran")}, last / "best_trainable.pt")
+    with pytest.raises(ConfigError, match=r"best_trainable.pt holds more than tensors .* refused; delete"):
+        _finetune([*tiny_cfg, "train.epochs=2", "train.resume=true"])
+    assert not (tmp_path / "code-ran").exists()
+
+
+def test_every_torch_load_says_weights_only_true():
+    """The torch range in pyproject.toml includes versions whose default is weights_only=False."""
+    calls = []
+    for folder in ("hftl", "recipes", "bench", "scripts"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
+                    safe = any(k.arg == "weights_only" and getattr(k.value, "value", None) is True
+                               for k in node.keywords)
+                    calls.append((f"{path.relative_to(ROOT)}:{node.lineno}", safe))
+    assert calls and all(safe for _, safe in calls), calls
