@@ -34,6 +34,7 @@ from hftl.masking import (
     PatchMaskGenerator,
     pack_texts,
 )
+from hftl.storage import names_disk_full
 from hftl.strategies import adapters_merged
 from hftl.train import sharded
 
@@ -239,6 +240,8 @@ def stage_strategy(model, cfg: PretrainConfig, new: list[str]):
     return get_peft_model(model, config_cls(**args))
 
 
+@names_disk_full("free space on that disk and rerun with train.resume=true (the last checkpoint holds the trained "
+                 "weights: no training is repeated), or set output_dir to another disk")
 def save_stage(path: str | Path, model, processor, source: str, metrics: dict, *,
                state_dict: dict | None = None) -> Path:
     """The stage's model in Hub format (adapters merged), its processor, the source's sentence-transformers pooling

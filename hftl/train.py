@@ -38,6 +38,7 @@ from hftl.accumulation import loss_terms, step_groups, step_weights
 from hftl.config import ConfigError, TrainConfig
 from hftl.data import LengthGroupedBatches
 from hftl.metrics import check_metrics, compute_metrics
+from hftl.storage import disk_space
 from hftl.strategies import adapters_merged, find_layers
 
 log = logging.getLogger(__name__)
@@ -380,13 +381,18 @@ def save_checkpoint(accelerator: Accelerator, ckpt_dir: Path, state: LoopState, 
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    _kill_point(f"checkpoint-{state.step}")
-    accelerator.wait_for_everyone()  # each process has written its RNG state before the folder moves
+    previous = last_checkpoint(ckpt_dir)
+    fix = (f"free space on that disk, lower train.keep_checkpoints (now {keep}), or set output_dir to another disk; "
+           f"the last complete checkpoint ({previous or 'none yet'}) is kept whole")
+    with disk_space(tmp, fix, on_full=lambda: shutil.rmtree(tmp, ignore_errors=True)):  # gives the space back
+        accelerator.save_state(str(tmp))
+        _kill_point(f"checkpoint-{state.step}")
+        accelerator.wait_for_everyone()  # each process has written its RNG state before the folder moves
+        if accelerator.is_main_process:
+            if best is not None:
+                torch.save(best, tmp / "best_trainable.pt")
+            (tmp / "hftl_state.json").write_text(json.dumps(asdict(state)))
     if accelerator.is_main_process:
-        if best is not None:
-            torch.save(best, tmp / "best_trainable.pt")
-        (tmp / "hftl_state.json").write_text(json.dumps(asdict(state)))
         tmp.rename(final)
         for old in sorted(ckpt_dir.glob("step-*"))[:-max(keep, 1)]:
             shutil.rmtree(old, ignore_errors=True)

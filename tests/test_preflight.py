@@ -8,16 +8,20 @@ loading the model's weights, the ladder's feature pass or the masked stage.
 from __future__ import annotations
 
 import ast
+import errno
 import os
+import subprocess
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
+import hftl
 from hftl.config import ConfigError, load_config
 from hftl.metrics import check_metrics
 from hftl.models import max_positions
+from hftl.storage import DiskFullError, disk_space
 from hftl.testing import tiny_text_model
 from hftl.train import last_checkpoint
 
@@ -216,3 +220,73 @@ def test_every_torch_load_says_weights_only_true():
                                for k in node.keywords)
                     calls.append((f"{path.relative_to(ROOT)}:{node.lineno}", safe))
     assert calls and all(safe for _, safe in calls), calls
+
+
+# ------------------------------------------------------------------ 6. a full disk while checkpointing or saving
+
+
+def test_full_disk_while_checkpointing_names_it_and_keeps_the_previous_checkpoint(tiny_cfg, tmp_path, monkeypatch):
+    real = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):  # the second epoch's checkpoint (step 18) finds the disk full
+        if "step-00000018" in str(f):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    overrides = [*tiny_cfg, "train.epochs=2"]
+    with pytest.raises(DiskFullError, match=r"no space left on device while writing .*step-00000018: free space on "
+                                            r"that disk, lower train.keep_checkpoints \(now 2\), or set output_dir"):
+        _finetune(overrides)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-00000009"]  # the half-written one is gone
+    assert last_checkpoint(checkpoints).name == "step-00000009"
+    monkeypatch.setattr(torch, "save", real)  # space freed: the run resumes from the checkpoint that was kept
+    metrics = _finetune([*overrides, "train.resume=true"])
+    assert metrics["train"]["steps"] == 18
+
+
+def test_full_disk_shapes_become_one_error(tmp_path, monkeypatch):
+    import hftl.storage
+
+    torch_says = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+    monkeypatch.setattr(hftl.storage, "_probe_full", lambda folder: True)  # the disk is full: a probe write fails
+    for err in (torch_says, Exception("Error while serializing: I/O error: No space left on device (os error 28)"),
+                OSError(errno.EDQUOT, "Disk quota exceeded")):
+        with pytest.raises(DiskFullError, match=f"no space left on device while writing {tmp_path}: fix it"):
+            with disk_space(tmp_path, "fix it"):
+                raise err
+    monkeypatch.setattr(hftl.storage, "_probe_full", lambda folder: False)  # another failure passes unchanged
+    with pytest.raises(RuntimeError, match="unexpected pos"), disk_space(tmp_path, "fix it"):
+        raise torch_says
+
+
+def test_full_disk_during_the_final_save_says_how_to_finish(tmp_path):
+    class Model:
+        def save_pretrained(self, path, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path / "model.safetensors"))
+
+    with pytest.raises(DiskFullError, match=r"while writing .*model.safetensors: free space on that disk and rerun "
+                                            r"with train.resume=true"):
+        hftl.save_run(tmp_path / "run", load_config(None, []), Model(), None, {}, {})
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_really_full_disk_is_recognised(tmp_path):
+    """torch.save and safetensors on a 256 KiB tmpfs: their own errors name nothing; hftl's does."""
+    from safetensors.torch import save_file
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mount is not allowed here")
+    try:
+        big = {"w": torch.zeros(200_000)}
+        for write in (lambda: torch.save(big, disk / "a.pt"), lambda: save_file(big, disk / "a.safetensors")):
+            with pytest.raises(DiskFullError, match="no space left on device while writing"):
+                with disk_space(disk, "free space"):
+                    write()
+            for p in disk.iterdir():
+                p.unlink()
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
