@@ -4,7 +4,9 @@ Gradient accumulation and clipping, warmup + schedule, evaluation on validation 
 the best weights kept, checkpoints every ``train.checkpoint_every`` optimizer steps and at each epoch's end
 (written atomically) that ``train.resume`` continues from, mid-epoch included. The ``Accelerator`` is passed
 in, never global. A run takes the same optimizer steps on 1 or N processes: each train-loader batch holds one
-accumulation step of all processes together, and accelerate splits it (``split_batches``).
+accumulation step of all processes together, and accelerate splits it (``split_batches``); and with or without
+accumulation: a step's micro-batches are one ``train.batch_size`` batch cut in order, weighted to its gradient
+(``hftl.accumulation``).
 
 Example:
     >>> accelerator = make_accelerator(cfg.train)  # doctest: +SKIP
