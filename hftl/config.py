@@ -108,7 +108,13 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    metrics: list = _f(["accuracy", "f1"], "Metrics computed on validation and test (evaluate modules).")
+    metrics: list = _f(["accuracy", "f1"], "Metrics computed on validation and test: hftl's own (accuracy, f1), an "
+                                           "installed module (package.module), or with model.trust_remote_code=true "
+                                           "a .py file, a folder or a Hub metric id (their code runs).")
+
+    def __post_init__(self) -> None:  # names are checked where the metrics are (hftl.metrics.check_metrics)
+        if not self.metrics:
+            raise ConfigError("eval.metrics is empty: list at least one metric, e.g. [accuracy, f1]")
 
 
 @dataclass

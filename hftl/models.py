@@ -160,6 +160,63 @@ def load_classifier(
     )
 
 
+# Families whose position ids start after the padding index (RoBERTa's scheme): pad_token_id + 1 fewer positions.
+POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "mpnet", "ibert",
+                           "data2vec-text", "xmod", "roberta-prelayernorm")
+_NO_LIMIT = 1_000_000  # tokenizers without a limit say int(1e30)
+
+
+def max_positions(config, tokenizer=None) -> tuple[int | None, str]:
+    """The longest token sequence a text model takes, and what sets it (for the error message); (None, "") if unknown.
+
+    The smaller of the model's learned positions (``max_position_embeddings``, ``n_positions`` for GPT-2; minus the
+    padding offset for RoBERTa-style families; none for DeBERTa without absolute positions) and the tokenizer's
+    ``model_max_length``. A run of ours (``model_type: hftl``) is judged by its backbone's config.
+
+    Example:
+        >>> max_positions(AutoConfig.from_pretrained("roberta-base"))  # doctest: +SKIP
+        (512, 'roberta has 512 positions (max_position_embeddings=514 minus the padding offset 2)')
+    """
+    config = getattr(config, "backbone_config", None) or config
+    limits = []
+    n = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    kind = getattr(config, "model_type", "the model")
+    absolute = getattr(config, "position_biased_input", True) is not False  # DeBERTa-v2/v3: relative positions only
+    if isinstance(n, int) and 0 < n < _NO_LIMIT and absolute:
+        if kind in POSITIONS_AFTER_PADDING:
+            offset = (getattr(config, "pad_token_id", None) or 0) + 1
+            limits.append((n - offset, f"{kind} has {n - offset} positions (max_position_embeddings={n} minus the "
+                                       f"padding offset {offset})"))
+        else:
+            limits.append((n, f"{kind} has {n} positions"))
+    t = getattr(tokenizer, "model_max_length", None)
+    if isinstance(t, int) and 0 < t < _NO_LIMIT:
+        limits.append((t, f"its tokenizer's model_max_length is {t}"))
+    return min(limits) if limits else (None, "")
+
+
+def check_max_length(model_cfg, processor, config=None) -> None:
+    """Refuse ``model.max_length`` above what a text model takes, before compute (longer inputs would crash the
+    position embeddings mid-epoch, at the first long enough text). Image and audio processors are not checked.
+
+    ``model_cfg``: the config's ``model`` section; ``config``: the model's config when already loaded (else read).
+    Raises ConfigError naming the key, the limit and where it comes from.
+    """
+    from transformers import PreTrainedTokenizerBase
+
+    if not isinstance(processor, PreTrainedTokenizerBase):
+        return
+    if config is None:
+        kwargs = resolve(model_cfg.name, model_cfg.revision, model_cfg.trust_remote_code)
+        config = AutoConfig.from_pretrained(model_cfg.name, **kwargs)
+    limit, why = max_positions(config, processor)
+    if limit is not None and model_cfg.max_length > limit:
+        from hftl.config import ConfigError
+
+        raise ConfigError(f"model.max_length={model_cfg.max_length} is longer than {model_cfg.name} takes: {why}; "
+                          f"set model.max_length={limit} or less (longer texts are truncated)")
+
+
 def load_masked_lm(name: str, revision: str = "main", trust_remote_code: bool = False) -> PreTrainedModel:
     """A masked-LM model; a checkpoint without an MLM head gets a new one (logged by transformers)."""
     return AutoModelForMaskedLM.from_pretrained(name, **resolve(name, revision, trust_remote_code))

@@ -34,6 +34,7 @@ from hftl.masking import (
     PatchMaskGenerator,
     pack_texts,
 )
+from hftl.storage import names_disk_full
 from hftl.strategies import adapters_merged
 from hftl.train import sharded
 
@@ -139,13 +140,13 @@ def _limit(ds: Dataset, n: int, seed: int) -> Dataset:
     return ds.shuffle(seed=seed).select(range(n)) if 0 < n < len(ds) else ds
 
 
-def text_block(max_length: int, tokenizer, model) -> int:
-    """``model.max_length``, within what the model's position embeddings and the tokenizer take."""
-    limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
-    block = min([max_length] + [n for n in limits if isinstance(n, int) and 0 < n < 1_000_000])
-    if block < max_length:
-        log.warning("model.max_length=%d is longer than the model takes: blocks of %d tokens", max_length, block)
-    return block
+def text_block(model_cfg, tokenizer, model) -> int:
+    """``model.max_length``: the block length, refused (ConfigError) above what the model's positions and the
+    tokenizer take (``hftl.models.max_positions``) rather than silently shortened."""
+    from hftl.models import check_max_length
+
+    check_max_length(model_cfg, tokenizer, model.config)
+    return model_cfg.max_length
 
 
 def masked_datasets(cfg: Config, processor, modality: str, model) -> tuple[Dataset, Dataset, object, object]:
@@ -161,7 +162,7 @@ def masked_datasets(cfg: Config, processor, modality: str, model) -> tuple[Datas
         if 0 < p.max_samples < len(texts):
             texts = [texts[i] for i in np.random.default_rng(seed).permutation(len(texts))[: p.max_samples]]
         val_texts = load_splits(cfg.data)["validation"]["text"]
-        block = text_block(cfg.model.max_length, processor, model)
+        block = text_block(cfg.model, processor, model)
         train, val = (pack_texts(t, processor, block, pack=p.pack) for t in (texts, val_texts))
         return (train, val, MaskedLMCollator(processor, p.mask_rate, p.whole_word),
                 MaskedLMCollator(processor, p.mask_rate, p.whole_word, seed=VAL_SEED))
@@ -239,6 +240,8 @@ def stage_strategy(model, cfg: PretrainConfig, new: list[str]):
     return get_peft_model(model, config_cls(**args))
 
 
+@names_disk_full("free space on that disk and rerun with train.resume=true (the last checkpoint holds the trained "
+                 "weights: no training is repeated), or set output_dir to another disk")
 def save_stage(path: str | Path, model, processor, source: str, metrics: dict, *,
                state_dict: dict | None = None) -> Path:
     """The stage's model in Hub format (adapters merged), its processor, the source's sentence-transformers pooling

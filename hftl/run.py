@@ -17,10 +17,13 @@ from pathlib import Path
 from hftl.card import model_card
 from hftl.config import Config, save_config
 from hftl.modeling import HftlConfig, HftlForClassification
+from hftl.storage import names_disk_full
 
 log = logging.getLogger(__name__)
 
 
+@names_disk_full("free space on that disk and rerun with train.resume=true (the last checkpoint holds the trained "
+                 "weights: no training is repeated), or set output_dir to another disk")
 def save_run(run_dir: str | Path, cfg: Config, model, processor, metrics: dict, facts: dict, *,
              state_dict: dict | None = None) -> Path:
     """Write config, metrics, model (+ merged export for adapters on request) and the model card.

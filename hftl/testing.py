@@ -18,10 +18,13 @@ WORDS = {
 }
 
 
-def tiny_text_model(path: str | Path, seed: int = 0, model_type: str = "bert", dropout: float = 0.1) -> str:
+def tiny_text_model(path: str | Path, seed: int = 0, model_type: str = "bert", dropout: float = 0.1,
+                    positions: int = 512) -> str:
     """A 2-layer, 32-wide encoder with a real word-level tokenizer, saved as a Hugging Face directory.
 
     ``dropout``: of hidden states and attention (BERT-style names); 0 makes training runs comparable step by step.
+    ``positions``: learned positions, 512 like BERT (the default ``model.max_length`` of 128 fits); the weights are
+    drawn as for 64 positions, the rows past 64 after them, so every other weight stays what it was with 64.
     """
     import torch
     from transformers import AutoConfig, AutoModel, BertTokenizer
@@ -29,18 +32,28 @@ def tiny_text_model(path: str | Path, seed: int = 0, model_type: str = "bert", d
     torch.manual_seed(seed)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted({w for ws in WORDS.values() for w in ws})
     tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)})
-    config = AutoConfig.for_model(
-        model_type,
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-    )
-    model = AutoModel.from_config(config)
+
+    def config(n: int):
+        return AutoConfig.for_model(
+            model_type,
+            vocab_size=len(vocab),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=37,
+            max_position_embeddings=n,
+            hidden_dropout_prob=dropout,
+            attention_probs_dropout_prob=dropout,
+        )
+
+    model = AutoModel.from_config(config(64))
+    if positions != 64:
+        state = model.state_dict()
+        model = AutoModel.from_config(config(positions))
+        key = next(k for k in state if k.endswith("position_embeddings.weight"))
+        rows = model.state_dict()[key]
+        rows[: min(64, positions)] = state[key][:positions]
+        model.load_state_dict({**state, key: rows}, strict=False)  # position_ids buffers follow the new size
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)

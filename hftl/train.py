@@ -4,7 +4,9 @@ Gradient accumulation and clipping, warmup + schedule, evaluation on validation 
 the best weights kept, checkpoints every ``train.checkpoint_every`` optimizer steps and at each epoch's end
 (written atomically) that ``train.resume`` continues from, mid-epoch included. The ``Accelerator`` is passed
 in, never global. A run takes the same optimizer steps on 1 or N processes: each train-loader batch holds one
-accumulation step of all processes together, and accelerate splits it (``split_batches``).
+accumulation step of all processes together, and accelerate splits it (``split_batches``); and with or without
+accumulation: a step's micro-batches are one ``train.batch_size`` batch cut in order, weighted to its gradient
+(``hftl.accumulation``).
 
 Example:
     >>> accelerator = make_accelerator(cfg.train)  # doctest: +SKIP
@@ -14,10 +16,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import pickle
 import shutil
 import signal
 import time
@@ -32,9 +36,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from hftl.config import TrainConfig
+from hftl.accumulation import loss_terms, step_groups, step_weights
+from hftl.config import ConfigError, TrainConfig
 from hftl.data import LengthGroupedBatches
-from hftl.metrics import compute_metrics
+from hftl.metrics import check_metrics, compute_metrics
+from hftl.storage import disk_space
 from hftl.strategies import adapters_merged, find_layers
 
 log = logging.getLogger(__name__)
@@ -377,13 +383,18 @@ def save_checkpoint(accelerator: Accelerator, ckpt_dir: Path, state: LoopState, 
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    _kill_point(f"checkpoint-{state.step}")
-    accelerator.wait_for_everyone()  # each process has written its RNG state before the folder moves
+    previous = last_checkpoint(ckpt_dir)
+    fix = (f"free space on that disk, lower train.keep_checkpoints (now {keep}), or set output_dir to another disk; "
+           f"the last complete checkpoint ({previous or 'none yet'}) is kept whole")
+    with disk_space(tmp, fix, on_full=lambda: shutil.rmtree(tmp, ignore_errors=True)):  # gives the space back
+        accelerator.save_state(str(tmp))
+        _kill_point(f"checkpoint-{state.step}")
+        accelerator.wait_for_everyone()  # each process has written its RNG state before the folder moves
+        if accelerator.is_main_process:
+            if best is not None:
+                torch.save(best, tmp / "best_trainable.pt")
+            (tmp / "hftl_state.json").write_text(json.dumps(asdict(state)))
     if accelerator.is_main_process:
-        if best is not None:
-            torch.save(best, tmp / "best_trainable.pt")
-        (tmp / "hftl_state.json").write_text(json.dumps(asdict(state)))
         tmp.rename(final)
         for old in sorted(ckpt_dir.glob("step-*"))[:-max(keep, 1)]:
             shutil.rmtree(old, ignore_errors=True)
@@ -397,6 +408,17 @@ def last_checkpoint(ckpt_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
+def _load_tensors(path: Path) -> dict:
+    """A checkpoint file of tensors, loaded with ``weights_only=True`` whatever torch's default (it changed in 2.6):
+    a pickle holding anything else would run code when loaded, and is refused."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ConfigError(f"train.resume: {path} holds more than tensors (unpickling it could run code) and is "
+                          f"refused; delete {path.parent} to resume from the checkpoint before it, or set "
+                          f"train.resume=false. ({str(err).splitlines()[0]})") from err
+
+
 def _start(accelerator: Accelerator, ckpt_dir: Path | None, resume: bool) -> tuple[LoopState, dict | None]:
     """Load the last complete checkpoint when resuming; a fresh run deletes the folder's old checkpoints."""
     last = last_checkpoint(ckpt_dir) if ckpt_dir and resume else None
@@ -408,9 +430,9 @@ def _start(accelerator: Accelerator, ckpt_dir: Path | None, resume: bool) -> tup
         if resume:
             accelerator.print(f"train.resume: no complete checkpoint in {ckpt_dir}, starting from the beginning")
         return LoopState(), None
-    accelerator.load_state(str(last))
+    accelerator.load_state(str(last), load_kwargs={"weights_only": True})  # optimizer, scheduler: tensors only
     state = LoopState(**json.loads((last / "hftl_state.json").read_text()))
-    best = torch.load(last / "best_trainable.pt") if (last / "best_trainable.pt").exists() else None
+    best = _load_tensors(last / "best_trainable.pt") if (last / "best_trainable.pt").exists() else None
     accelerator.print(f"resumed from {last} (epoch {state.epoch}, batch {state.batch}, step {state.step})")
     return state, best
 
@@ -427,8 +449,13 @@ def _plain_steps(accelerator: Accelerator) -> bool:
 
 
 def _train_epoch(model, loader, optimizer, scheduler, accelerator: Accelerator, cfg: TrainConfig,
-                 state: LoopState, checkpoint: Callable[[], None] | None) -> float:
-    """The epoch ``state.epoch`` (its remaining batches when resumed mid-epoch); its mean train loss."""
+                 state: LoopState, checkpoint: Callable[[], None] | None, count_terms: Callable = loss_terms) -> float:
+    """The epoch ``state.epoch`` (its remaining steps when resumed mid-epoch); its mean train loss per step.
+
+    Each optimizer step is a group of ``grad_accum`` loader batches, the examples of one ``train.batch_size`` batch
+    (see ``LengthGroupedBatches``), weighted by ``step_weights``: the step's gradient is the whole batch's, with
+    uneven last steps and token-level losses too. Gradients are synchronised on the group's last batch only.
+    """
     model.train()
     loader.set_epoch(state.epoch)  # accelerate's loader re-sets our sampler's epoch from its own count
     if state.batch:
@@ -438,29 +465,31 @@ def _train_epoch(model, loader, optimizer, scheduler, accelerator: Accelerator, 
     opt, sched = (optimizer.optimizer, scheduler.scheduler) if plain else (optimizer, scheduler)
     params = [p for p in model.parameters() if p.requires_grad]
     bar = progress(loader, accelerator, f"epoch {state.epoch + 1}")
-    for batch in bar:
-        with accelerator.accumulate(model):
-            loss = model(**_model_inputs(batch)).loss
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:  # the last micro-batch of an accumulation step
-                if cfg.max_grad_norm and plain:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
-                elif cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-        total += loss.detach()  # summed on device: no host sync per step
-        state.batch += 1
-        if not accelerator.sync_gradients:
-            continue
+    for group in step_groups(bar, cfg.grad_accum):
+        weights = step_weights(group, accelerator, count_terms)
+        for i, batch in enumerate(group):
+            last = i == len(group) - 1
+            accelerator.sync_gradients = last  # accelerate's optimizer, scheduler and DeepSpeed step on the last
+            with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                loss = model(**_model_inputs(batch)).loss * weights[i]
+                accelerator.backward(loss)
+            total += loss.detach() / accelerator.gradient_accumulation_steps  # summed on device: no host sync
+        if cfg.max_grad_norm and plain:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
+        elif cfg.max_grad_norm:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        state.batch += len(group)
         state.step += 1
         _kill_point(f"step-{state.step}")
         end = accelerator.gradient_state.end_of_dataloader  # the epoch's own checkpoint follows evaluation
         if checkpoint and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and not end:
             state.epoch_loss = float(accelerator.reduce(total, "mean"))
             checkpoint()
-    loss = float(accelerator.reduce(total, "mean")) / max(state.batch, 1)
+    steps = -(-state.batch // cfg.grad_accum)  # only the last step of an epoch can have fewer batches
+    loss = float(accelerator.reduce(total, "mean")) / max(steps, 1)
     state.batch, state.epoch_loss = 0, 0.0
     return loss
 
@@ -483,17 +512,26 @@ def _end_epoch(state: LoopState, cfg: TrainConfig, train_loss: float, scores: di
 
 def fit(model, train_loader: DataLoader, val_loader: DataLoader, accelerator: Accelerator, cfg: TrainConfig,
         metrics: list[str], *, checkpoint_dir: str | Path | None = None,
-        resume: bool = False, evaluate_fn: Callable | None = None) -> tuple[object, LoopState]:
+        resume: bool = False, evaluate_fn: Callable | None = None,
+        count_terms: Callable = loss_terms) -> tuple[object, LoopState]:
     """Train with evaluation each epoch; return the prepared model loaded with its best weights, and the state.
 
-    ``train_loader`` yields batches of ``train_batch(cfg, accelerator)`` examples (split over the processes).
+    ``train_loader`` (``make_loader``) yields batches of ``train_batch(cfg, accelerator)`` examples (split over the
+    processes); fit groups its batches into optimizer steps of ``train.grad_accum`` (the sampler's ``accum``), so
+    that accumulation trains on the examples, in the order, of ``train.batch_size`` batches without it.
     Dropout differs per process (seed + process index); initial weights are the caller's, the same everywhere.
-    ``evaluate_fn(model, val_loader, accelerator) -> scores`` replaces the classification ``evaluate``.
+    ``evaluate_fn(model, val_loader, accelerator) -> scores`` replaces the classification ``evaluate`` (whose
+    ``metrics`` and ``cfg.metric_for_best`` are checked before the first step: ConfigError).
+    ``count_terms(batch)``: how many terms the model's loss averages over (``hftl.accumulation.loss_terms``).
 
     Example:
         >>> model, state = fit(model, loader, val_loader, accelerator, cfg.train, ["accuracy"],  # doctest: +SKIP
         ...                    checkpoint_dir="runs/x/checkpoints", resume=True)
     """
+    if evaluate_fn is None:  # names of metrics and metric_for_best, before the first step (the caller's choice)
+        check_metrics(metrics, cfg.metric_for_best, trust_remote_code=True)
+    if isinstance(train_loader.batch_sampler, LengthGroupedBatches):  # one optimizer step = one group of batches
+        train_loader.batch_sampler.accum = cfg.grad_accum
     groups = param_groups(model, cfg.lr, cfg.head_lr, cfg.weight_decay, cfg.layer_lr_decay,
                           by_depth=bool(cfg.unfreeze_every))
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=True)  # one kernel per step, CPU included
@@ -527,7 +565,7 @@ def fit(model, train_loader: DataLoader, val_loader: DataLoader, accelerator: Ac
         start = time.perf_counter()
         batches.set_epoch(state.epoch)
         train_loss = _train_epoch(model, train_loader, optimizer, scheduler, accelerator, cfg, state,
-                                  checkpoint if ckpt_dir else None)
+                                  checkpoint if ckpt_dir else None, count_terms)
         train_seconds = time.perf_counter() - start  # the epoch's loss was reduced: the device has finished
         scores = (evaluate_fn(model, val_loader, accelerator) if evaluate_fn  # e.g. masked-modeling scores
                   else evaluate(model, val_loader, accelerator, metrics, "validation"))

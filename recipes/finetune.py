@@ -19,10 +19,14 @@ import time
 import hftl
 from hftl.config import Config
 from hftl.data import encode, modality_of
+from hftl.metrics import check_metrics
+from hftl.models import check_max_length
 from hftl.train import eval_batch, train_batch
 
 
 def main(cfg: Config) -> dict:
+    # names of metrics and metric_for_best, before any compute (else they fail at the first evaluation)
+    check_metrics(cfg.eval.metrics, cfg.train.metric_for_best, trust_remote_code=cfg.model.trust_remote_code)
     accelerator = hftl.make_accelerator(cfg.train)
     if cfg.hub.push and accelerator.is_main_process:  # fail before any training time is spent
         hftl.check_push_access(cfg.hub.repo_id)
@@ -30,6 +34,7 @@ def main(cfg: Config) -> dict:
     splits = hftl.load_splits(cfg.data)
     labels = hftl.label_names(splits)
     processor = hftl.load_processor(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+    check_max_length(cfg.model, processor)  # a text longer than the positions would crash mid-epoch
     model = hftl.load_classifier(
         cfg.model.name, len(labels), id2label=dict(enumerate(labels)), revision=cfg.model.revision,
         pooling=cfg.model.pooling, head_hidden=cfg.model.head_hidden, head_dropout=cfg.model.head_dropout,

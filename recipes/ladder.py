@@ -22,9 +22,19 @@ from pathlib import Path
 import torch
 
 import hftl
-from hftl.config import Config, save_config
+from hftl.config import Config, ConfigError, save_config
 from hftl.features import cache_dir
-from hftl.shots import ShotContext, few_shot_curve, is_nli_model, text_encoder, zero_shot_embedding, zero_shot_nli
+from hftl.metrics import check_metrics
+from hftl.models import check_max_length
+from hftl.shots import (
+    ShotContext,
+    check_ladder_data,
+    few_shot_curve,
+    is_nli_model,
+    text_encoder,
+    zero_shot_embedding,
+    zero_shot_nli,
+)
 
 
 def zero_shot(
@@ -83,13 +93,32 @@ def cost_line(cost: dict, few: dict, cfg: Config) -> str:
     )
 
 
+def preflight(cfg: Config, labels: list[str], train_labels, processor) -> None:
+    """Everything that would fail after the first rungs, refused before any: k above a class's count, unknown
+    label descriptions, peft arguments, a max_length above the model's positions, NLI zero-shot on a model without
+    an entailment label (the full rung's metrics are checked before the data loads)."""
+    from transformers import AutoConfig
+
+    check_ladder_data(cfg.shots, labels, train_labels)
+    config = AutoConfig.from_pretrained(cfg.model.name, **hftl.resolve(cfg.model.name, cfg.model.revision,
+                                                                      cfg.model.trust_remote_code))
+    check_max_length(cfg.model, processor, config)
+    if cfg.shots.zero_shot == "nli" and not is_nli_model(config):
+        raise ConfigError(f"shots.zero_shot=nli but {cfg.model.name} has no entailment label "
+                          f"({dict(config.id2label or {})}): set shots.zero_shot=embedding (or auto), or use an NLI "
+                          f"model")
+
+
 def main(cfg: Config) -> dict:
     start = time.perf_counter()
+    if cfg.shots.full:  # the full rung runs last: its metric names are checked now
+        check_metrics(cfg.eval.metrics, cfg.train.metric_for_best, trust_remote_code=cfg.model.trust_remote_code)
     accelerator = hftl.make_accelerator(cfg.train)
     hftl.set_seed(cfg.train.seed)
     splits = hftl.load_splits(cfg.data)
     labels, split = hftl.label_names(splits), cfg.shots.split
     processor = hftl.load_processor(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+    preflight(cfg, labels, splits["train"]["label"], processor)
     encoded = hftl.encode_text(splits, processor, "text", cfg.model.max_length)
     model = hftl.load_classifier(
         cfg.model.name,

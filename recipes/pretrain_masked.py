@@ -29,6 +29,8 @@ from accelerate.utils import DistributedType
 import hftl
 from hftl.config import Config, save_config
 from hftl.data import modality_of
+from hftl.metrics import check_metrics
+from hftl.models import check_max_length
 from hftl.pretraining import (
     finished_stage,
     load_masked_model,
@@ -54,6 +56,7 @@ def pretrain(cfg: Config, stage_dir: Path) -> dict:
                          "or DDP (recipes/accelerate/multi-gpu-ddp.yaml) for an adapter stage")
     hftl.set_seed(cfg.train.seed)
     processor = hftl.load_processor(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+    check_max_length(cfg.model, processor)  # text blocks longer than the positions would crash
     modality = modality_of(processor)
     model, new = load_masked_model(cfg.model.name, modality, revision=cfg.model.revision,
                                    trust_remote_code=cfg.model.trust_remote_code, from_scratch=p.from_scratch)
@@ -93,6 +96,8 @@ def main(cfg: Config) -> dict:
     # only the main process writes; read from the launcher's RANK, not from an accelerate state made before the
     # stage's own Accelerator (that would fix the state before make_accelerator sets up DDP on CPU)
     out, writer = Path(cfg.output_dir), int(os.environ.get("RANK", "0")) == 0
+    if cfg.pretrain.then_finetune:  # the fine-tuning's metrics, before the masked stage spends its compute
+        check_metrics(cfg.eval.metrics, cfg.train.metric_for_best, trust_remote_code=cfg.model.trust_remote_code)
     stage_dir = out / "pretrained"
     metrics = finished_stage(stage_dir) if cfg.train.resume else None
     if metrics is not None:

@@ -46,6 +46,7 @@ __all__ = [
     "METHODS",
     "Prediction",
     "ShotContext",
+    "check_ladder_data",
     "check_methods",
     "check_shots_config",
     "class_prompts",
@@ -65,6 +66,38 @@ __all__ = [
     "zero_shot_embedding",
     "zero_shot_nli",
 ]
+
+
+def check_ladder_data(cfg: ShotsConfig, labels: list[str], train_labels) -> None:
+    """Checks of the ``shots`` section against the data, before any rung runs (a late failure loses every rung).
+
+    ``labels``: class names by id; ``train_labels``: the train split's label ids (the support pool).
+    Raises ConfigError: a k in ``shots.ks`` above the smallest class of the train split (naming it and its count),
+    ``shots.label_descriptions`` naming a class that does not exist, ``shots.lora`` arguments peft refuses.
+    """
+    import numpy as np
+
+    counts = np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=len(labels))
+    smallest = int(counts.argmin())
+    fewest = int(counts[smallest])
+    too_big = sorted(k for k in cfg.ks if k > fewest)
+    if too_big:
+        raise ConfigError(
+            f"shots.ks has k={too_big} but class {labels[smallest]!r} has only {fewest} examples in the train split "
+            f"(k examples per class are drawn from it): lower shots.ks to at most {fewest} "
+            f"(data.max_train_samples, when set, caps the train split)"
+        )
+    unknown = sorted(set(cfg.label_descriptions) - set(labels))
+    if unknown:
+        raise ConfigError(f"shots.label_descriptions names classes that do not exist: {unknown}; the classes are "
+                          f"{list(labels)}")
+    if "lora" in cfg.methods:
+        from peft import LoraConfig
+
+        try:
+            LoraConfig(**cfg.lora)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"shots.lora={cfg.lora!r} is refused by peft's LoraConfig: {err}") from err
 
 
 def check_shots_config(cfg: ShotsConfig) -> None:
