@@ -14,6 +14,7 @@ from hftl.recipes.finetune import main
 from safetensors.torch import load_file
 
 import hftl.train
+from hftl import cli
 from hftl.config import load_config
 from hftl.train import TrainingDiverged, last_checkpoint
 
@@ -40,6 +41,14 @@ def test_huge_learning_rate_stops_and_keeps_the_last_good_checkpoint(tiny_cfg, t
     for checkpoint in (run / "checkpoints").glob("step-*"):
         assert all(torch.isfinite(t).all() for t in load_file(checkpoint / "model.safetensors").values())
     _assert_nothing_saved(run)
+
+
+def test_divergence_exits_3_through_the_cli(tiny_cfg, tmp_path, capsys):
+    assert cli.main(["finetune", *tiny_cfg, "train.lr=1e9"]) == 3
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("hftl finetune: training diverged: the training loss became")
+    assert "no checkpoint had been written yet" in last  # it went non-finite in the first epoch
+    _assert_nothing_saved(tmp_path / "run")
 
 
 def test_non_finite_validation_score_counts(tiny_cfg, tmp_path, monkeypatch):
