@@ -12,8 +12,10 @@ The public functions, composed by the recipes (``recipes/``) and by your own scr
 from __future__ import annotations
 
 import importlib
-
-from hftl.modeling import register_auto_classes
+import importlib.abc
+import importlib.util
+import sys
+import warnings
 
 __version__ = "0.1.0"
 
@@ -56,4 +58,54 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'hftl' has no attribute {name!r}")
 
 
-register_auto_classes()
+_AUTO_MODULE = "transformers.models.auto.modeling_auto"  # defines AutoModelForSequenceClassification & co
+
+
+def _register_auto_classes() -> None:
+    """Let transformers' Auto classes load hftl run directories: ``hftl.modeling`` registers them when imported."""
+    if "hftl.modeling" in sys.modules:  # being imported, or done: it registers at its end
+        return
+    try:
+        importlib.import_module("hftl.modeling")
+    except Exception as err:  # never break the user's own transformers import
+        warnings.warn(f"hftl could not register its model class with transformers' Auto classes: {err}",
+                      stacklevel=2)
+
+
+class _AfterAutoImport(importlib.abc.MetaPathFinder):
+    """Registers hftl's classes once transformers' Auto model classes are imported, and only then.
+
+    ``import hftl`` must stay light (no torch, no transformers: the command line answers in well under a second),
+    yet ``import hftl`` then ``AutoModelForSequenceClassification.from_pretrained("<run>/model")`` must work. The
+    registration needs transformers' model classes (seconds), so it runs right after their module has run, which
+    every use of an ``AutoModelFor...`` class goes through.
+    """
+
+    def __init__(self) -> None:
+        self.busy = False
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != _AUTO_MODULE or self.busy:
+            return None
+        self.busy = True  # the real spec, found by the finders after this one
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self.busy = False
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        sys.meta_path[:] = [f for f in sys.meta_path if f is not self]  # once
+        run = spec.loader.exec_module
+
+        def exec_module(module) -> None:
+            run(module)
+            _register_auto_classes()
+
+        spec.loader.exec_module = exec_module  # on this loader instance only
+        return spec
+
+
+if _AUTO_MODULE in sys.modules:  # transformers' Auto classes already loaded: register now (cheap then)
+    _register_auto_classes()
+elif not any(isinstance(f, _AfterAutoImport) for f in sys.meta_path):
+    sys.meta_path.insert(0, _AfterAutoImport())

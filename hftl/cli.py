@@ -1,32 +1,61 @@
 """The ``hftl`` command: every recipe, and the run-directory tools.
 
     hftl finetune --config recipes/configs/text/minilm-rt-lora.yaml train.epochs=1
-    hftl config                      # every config key with its default and help
+    hftl config                      # every config key with its default, allowed values and help
     hftl push RUN_DIR USER/REPO      # push a trained run to the Hub
 
-Heavy libraries are imported only by the command that needs them, so ``hftl --help`` stays fast.
+Heavy libraries are imported only by the command that needs them, so ``hftl --help`` and a config error answer in
+well under a second. Every error reaches the terminal as one line that names the problem and the fix; ``--debug``
+(anywhere on the line) or ``HFTL_DEBUG=1`` shows the traceback instead. Exit codes: 0 success; 2 bad input or
+config found before compute; 1 a failure during compute; 3 training diverged (a non-finite loss).
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
+import os
+import shutil
 import sys
+import traceback
 
 RECIPES = {"finetune": "Fine-tune with any transfer strategy (recipes/finetune.py).",
            "ladder": "Zero-shot, few-shot curve and full fine-tuning on one plot (recipes/ladder.py).",
            "pretrain": "Masked-modeling pretraining, then fine-tuning if asked (recipes/pretrain_masked.py)."}
 MODULES = {"pretrain": "pretrain_masked"}  # command -> recipe module, where they differ
-USAGE = "usage: hftl {finetune,ladder,pretrain,config,push} ...\n\n" + "\n".join(
+USAGE = "usage: hftl {finetune,ladder,pretrain,config,push} ... [--debug] | hftl --version\n\n" + "\n".join(
     f"  {name:<10} {text}" for name, text in {**RECIPES, "config": "List every config key with its help.",
                                                "push": "Push RUN_DIR to the Hub: hftl push RUN_DIR REPO_ID [--what "
                                                        "auto|model|adapter|merged] [--private] [--revision BRANCH]"
                                                }.items())
+# What each recipe command does and writes, with one example: its --help, before the keys.
+ABOUT = {
+    "finetune": "Fine-tune model.name on data.name with the transfer strategy strategy.name (linear_probe, head, "
+                "full, freeze_n, or any peft method).\nWrites output_dir/: config.yaml, metrics.json, model/ "
+                "(loadable with hftl.load), README.md (the model card), checkpoints/ (for train.resume=true).\n\n"
+                "example: hftl finetune --config recipes/configs/text/minilm-rt-lora.yaml train.epochs=1 "
+                "output_dir=runs/lora\n",
+    "ladder": "Measure the transfer ladder on one task: zero-shot, few-shot at each shots.ks (several seeds), and "
+              "full fine-tuning with strategy.name.\nWrites output_dir/: config.yaml, metrics.json, ladder.png, and "
+              "full/ (the fine-tuning run directory) when shots.full=true.\n\n"
+              "example: hftl ladder --config recipes/configs/text/minilm-rt-ladder.yaml \"shots.ks=[4,16]\"\n",
+    "pretrain": "Continue pretraining model.name with its masked-modeling objective on unlabelled inputs, then "
+                "fine-tune with strategy.name when pretrain.then_finetune=true.\nWrites output_dir/pretrained/ (the "
+                "model in Hub format), config.yaml, metrics.json, and the fine-tuning run directory if asked.\n\n"
+                "example: hftl pretrain --config recipes/configs/text/minilm-rt-pretrain.yaml\n",
+}
+# hftl's errors that mean bad input or config found before compute (exit 2), by the name of a class of hftl in their
+# MRO (subclasses such as RunDirError included): the CLI does not import the heavy modules that define most of them.
+BAD_INPUT = {"ConfigError", "DataError", "ModelNotFoundError", "HubAccessError", "AssetMissingError"}
+DIVERGED = {"TrainingDiverged"}
+DEBUG_HINT = "(run again with --debug for the traceback)"
 
 
 def _push(argv: list[str]) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="hftl push")
+    parser = argparse.ArgumentParser(prog="hftl push", description="Push a finished run directory to the Hub: the "
+                                     "model (or adapter + head), processor, card and metrics.")
     parser.add_argument("run_dir")
     parser.add_argument("repo_id")
     parser.add_argument("--what", default="auto", choices=["auto", "model", "adapter", "merged"])
@@ -42,33 +71,102 @@ def _push(argv: list[str]) -> int:
     return 0
 
 
+def _names(err: BaseException) -> set[str]:
+    return {cls.__name__ for cls in type(err).__mro__ if cls.__module__.split(".")[0] == "hftl"}
+
+
+def _chain(err: BaseException):
+    """The error and those it was raised from or during (``__cause__``, ``__context__``), once each."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def _one_line(text: str, limit: int = 600) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+def disk_full(err: BaseException, output_dir: str | None) -> str | None:
+    """The path being written if ``err`` is a full disk (ENOSPC, or a writer that hides it: safetensors says
+    "os error 28", torch's zip writer only "unexpected pos" / "file write failed"), else None."""
+    for e in _chain(err):
+        text = str(e)
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in text \
+                or "os error 28" in text:
+            return str(getattr(e, "filename", None) or output_dir or ".")
+        if output_dir and ("inline_container" in text or "file write failed" in text):
+            probe = next((p for p in (output_dir, *map(str, _parents(output_dir))) if os.path.exists(p)), ".")
+            if shutil.disk_usage(probe).free < 64 * 2**20:  # torch's writer failed on a (nearly) full disk
+                return output_dir
+    return None
+
+
+def _parents(path: str):
+    from pathlib import Path
+
+    return Path(path).absolute().parents
+
+
+def explain(err: BaseException, command: str, output_dir: str | None = None) -> tuple[str, int]:
+    """The one line printed for ``err`` and the exit code: 2 bad input or config (before compute), 3 diverged,
+    1 any other failure. hftl's own errors already name the problem and the fix; others get their type and a hint."""
+    full = disk_full(err, output_dir)
+    if full is not None:
+        return (f"hftl {command}: no space left on device while writing {full}: free space or set output_dir "
+                f"elsewhere", 1)
+    names = _names(err)
+    code = 2 if names & BAD_INPUT else 3 if names & DIVERGED else 1
+    if names:  # hftl's errors (and their subclasses) are written to be read whole
+        return f"hftl {command}: {_one_line(err, limit=10**6)}", code
+    return f"hftl {command}: {type(err).__name__}: {_one_line(err)} {DEBUG_HINT}", code
+
+
+def _run(command: str, rest: list[str], state: dict) -> int:
+    if command in RECIPES:
+        from hftl.config import parse_args
+
+        cfg = parse_args(rest, prog=f"hftl {command}", about=ABOUT.get(command, ""))
+        state["output_dir"] = cfg.output_dir
+        importlib.import_module(f"hftl.recipes.{MODULES.get(command, command)}").main(cfg)
+        return 0
+    if command == "config":
+        from hftl.config import describe
+
+        print(describe())
+        return 0
+    if command == "push":
+        return _push(rest)
+    print(f"hftl: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("HFTL_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0
-    command, rest = argv[0], argv[1:]
-    from hftl.config import ConfigError
+    if argv[0] in ("-V", "--version"):
+        from hftl import __version__
 
+        print(f"hftl {__version__}")
+        return 0
+    command, rest, state = argv[0], argv[1:], {}
     try:
-        if command in RECIPES:
-            from hftl.config import parse_args
-
-            cfg = parse_args(rest, prog=f"hftl {command}")
-            importlib.import_module(f"hftl.recipes.{MODULES.get(command, command)}").main(cfg)
-            return 0
-        if command == "config":
-            from hftl.config import describe
-
-            print(describe())
-            return 0
-        if command == "push":
-            return _push(rest)
-    except ConfigError as err:
-        print(f"hftl {command}: config error: {err}", file=sys.stderr)
-        return 2
-    print(f"hftl: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
-    return 2
+        return _run(command, rest, state)
+    except KeyboardInterrupt:
+        print(f"hftl {command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        line, code = explain(err, command, state.get("output_dir"))
+        if debug:
+            traceback.print_exc()
+        print(line, file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

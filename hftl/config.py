@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
+import math
+import re
+import sys
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, get_origin, get_type_hints
 
@@ -23,11 +28,123 @@ class ConfigError(ValueError):
     """A configuration value or key is wrong; the message names it and what is allowed."""
 
 
-def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
-    meta = {"help": help, "choices": choices}
+def _f(default: Any, help: str, choices: tuple | None = None, range: str | None = None,
+       item: type | None = None) -> Any:
+    """A documented field. ``range``: the values allowed, stated once here and checked at parse time (``>= 0``,
+    ``> 0``, ``[0, 1)``, ``(0, 1]``..., then an optional note such as ``(0: off)``); for a list, of each item.
+    ``item``: the type of a list's items."""
+    meta = {"help": help, "choices": choices, "range": range, "item": item}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+SEEDS = "[0, 4294967295]"  # numpy refuses seeds outside [0, 2**32)
+_NUMBER = r"-?\d+(?:\.\d*)?(?:e[-+]?\d+)?"
+_RANGE = re.compile(rf"(?:(>=|>)\s*({_NUMBER})|([\[(])\s*({_NUMBER})\s*,\s*({_NUMBER})\s*([\])]))\s*(.*)")
+BUILTIN_STRATEGIES = ("linear_probe", "head", "full", "freeze_n")  # registered by hftl.strategies
+SHOT_METHODS = ("prototype", "probe", "setfit", "lora")  # registered by hftl.shots
+
+
+def in_range(value: float, spec: str) -> bool:
+    """Whether ``value`` lies in ``spec``: ``>= a``, ``> a``, or an interval ``[a, b)``, ``(a, b]``... (a note after
+    it, such as ``(0: off)``, is ignored). NaN lies in no range.
+
+    Example:
+        >>> in_range(0.0, "[0, 1)"), in_range(1.0, "[0, 1)"), in_range(-1.0, ">= 0 (0: off)")
+        (True, False, False)
+    """
+    op, bound, left, low, high, right, _ = _RANGE.fullmatch(spec).groups()
+    if op:
+        return value >= float(bound) if op == ">=" else value > float(bound)
+    above = value >= float(low) if left == "[" else value > float(low)
+    return above and (value <= float(high) if right == "]" else value < float(high))
+
+
+def _non_finite(value: Any, key: str) -> tuple[str, float] | None:
+    """The first (key path, value) under ``value`` that is NaN or infinite, looking inside lists and dicts."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (key, value)
+    if isinstance(value, dict):
+        items = [(f"{key}.{k}", v) for k, v in value.items()]
+    elif isinstance(value, (list, tuple)):
+        items = [(f"{key}[{i}]", v) for i, v in enumerate(value)]
+    else:
+        return None
+    return next((bad for sub, v in items if (bad := _non_finite(v, sub))), None)
+
+
+def check_fields(section: Any, prefix: str) -> None:
+    """Check each field of a config section against its own metadata: finite numbers (inside lists and dicts too),
+    ``choices``, list ``item`` types and ``range``. Sections call it when built; ``validate`` again on the whole.
+
+    Raises ConfigError naming the first bad key, e.g. ``train.max_grad_norm=-1.0 must be >= 0 (0: off)``.
+    """
+    for f in dataclasses.fields(section):
+        key, value, meta = f"{prefix}{f.name}", getattr(section, f.name), f.metadata
+        if dataclasses.is_dataclass(value):
+            continue
+        bad = _non_finite(value, key)
+        if bad:
+            raise ConfigError(f"{bad[0]}={bad[1]!r} must be a finite number: NaN and infinities are not allowed")
+        if meta.get("choices") and value not in meta["choices"]:
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(meta['choices'])}")
+        item, spec = meta.get("item"), meta.get("range")
+        values = value if isinstance(value, list) else [value]
+        if item and any(not isinstance(v, item) or isinstance(v, bool) for v in values):
+            raise ConfigError(f"{key}={value!r} must be a list of {item.__name__} values")
+        if not spec:
+            continue
+        if any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in values):
+            raise ConfigError(f"{key}={value!r} must be a number")
+        words = f"must be {spec}" if spec[0] == ">" else f"must be in {spec}"
+        outside = [v for v in values if not in_range(v, spec)]
+        if outside:
+            raise ConfigError(f"{key}={value!r} {words}" if value is not values else
+                              f"{key}={value!r} holds {outside[0]!r}: each value {words}")
+
+
+@lru_cache(maxsize=1)
+def peft_methods() -> tuple[str, ...]:
+    """peft's method names, found without importing peft (seconds): each folder of ``peft/tuners`` with a
+    ``config.py``, and ``dora`` (a LoRA variant). The same set as peft's own registry; empty without peft."""
+    spec = importlib.util.find_spec("peft")  # finds the package without running it
+    names: set[str] = set()
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        tuners = Path(root) / "tuners"
+        if tuners.is_dir():
+            names |= {d.name for d in tuners.iterdir() if (d / "config.py").is_file()}
+    return tuple(sorted(names | {"dora"})) if names else ()
+
+
+def check_strategy_name(name: str) -> None:
+    """``strategy.name`` is hftl's own strategy, one registered in ``hftl.strategies`` (when loaded), or a peft
+    method; else ConfigError listing them, before any model or data is loaded."""
+    registry = getattr(sys.modules.get("hftl.strategies"), "STRATEGIES", {})  # read, never imported here
+    own = sorted({*BUILTIN_STRATEGIES, *registry})
+    if name in own or name in peft_methods():
+        return
+    close = difflib.get_close_matches(str(name), [*own, *peft_methods()], n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise ConfigError(
+        f"strategy.name={name!r} is unknown{hint}; choose one of {own} or a peft method: {list(peft_methods())}"
+    )
+
+
+def check_shots(cfg: Any) -> None:
+    """What ranges cannot say about the ``shots`` section: the method names (hftl's, and those registered in
+    ``hftl.shots`` when loaded), at least one rung, two distinct seeds, templates with ``{}``."""
+    known = sorted({*SHOT_METHODS, *getattr(sys.modules.get("hftl.shots.fewshot"), "METHODS", {})})
+    unknown = [n for n in cfg.methods if n not in known]
+    if unknown:
+        raise ConfigError(f"shots.methods has unknown methods {unknown}; choose from {known}")
+    if not cfg.ks:
+        raise ConfigError("shots.ks=[] must list at least one rung (labelled examples per class), e.g. [1, 4, 16]")
+    if len(set(cfg.seeds)) < 2:
+        raise ConfigError(f"shots.seeds={cfg.seeds!r} must list at least 2 distinct integer seeds (for the spread)")
+    bad = [t for t in cfg.templates if not isinstance(t, str) or "{}" not in t]
+    if bad:
+        raise ConfigError(f"shots.templates must each hold {{}} for the label description; these do not: {bad}")
 
 
 @dataclass
@@ -39,11 +156,15 @@ class ModelConfig:
         "How backbone outputs become one vector: auto picks per model family.",
         ("auto", "mean", "cls", "pooler", "max"),
     )
-    head_hidden: list = _f([], "Sizes of hidden layers added before the output layer (empty: a linear head).")
-    head_dropout: float = _f(0.1, "Dropout before each head layer.")
-    max_length: int = _f(128, "Longest token sequence kept (text); longer inputs are truncated.")
+    head_hidden: list = _f([], "Sizes of hidden layers added before the output layer (empty: a linear head).",
+                            range=">= 1", item=int)
+    head_dropout: float = _f(0.1, "Dropout before each head layer.", range="[0, 1)")
+    max_length: int = _f(128, "Longest token sequence kept (text); longer inputs are truncated.", range=">= 1")
     trust_remote_code: bool = _f(False, "Run model code shipped in the repository (off: only transformers' code).")
     dtype: str = _f("float32", "Weights dtype when loading.", ("float32", "bfloat16", "float16"))
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model.")
 
 
 @dataclass
@@ -52,17 +173,22 @@ class DataConfig:
     text_column: str = _f("text", "Column holding the input text.")
     label_column: str = _f("label", "Column holding the class label.")
     splits: dict = _f({}, "Map of split name to file or Hub split, e.g. {train: a.csv, test: b.csv}.")
-    validation_size: float = _f(0.1, "Fraction of the data for validation when the source has no such split.")
-    test_size: float = _f(0.1, "Fraction of the data for test when the source has no such split.")
-    split_seed: int = _f(0, "Seed of the stratified split; every recipe and benchmark shares it.")
-    max_train_samples: int = _f(0, "Keep at most this many training examples, stratified (0: all).")
+    validation_size: float = _f(0.1, "Fraction of the data for validation when the source has no such split.",
+                              range="(0, 0.5)")
+    test_size: float = _f(0.1, "Fraction of the data for test when the source has no such split.", range="(0, 0.5)")
+    split_seed: int = _f(0, "Seed of the stratified split; every recipe and benchmark shares it.", range=SEEDS)
+    max_train_samples: int = _f(0, "Keep at most this many training examples, stratified (0: all).",
+                                range=">= 0 (0: all)")
     input_column: str = _f(
         "", "Column holding image or audio (PIL/bytes/array or a file path); empty: text_column, else "
         "image/audio/path."
     )
-    max_seconds: float = _f(10.0, "Speech: clips are cut to this many seconds (and padded per batch).")
+    max_seconds: float = _f(10.0, "Speech: clips are cut to this many seconds (and padded per batch).", range="> 0")
     augment: bool = _f(True, "Images: random resized crop (+ flip where it keeps the class) for training; never "
                              "for cached features.")
+
+    def __post_init__(self) -> None:
+        check_fields(self, "data.")
 
 
 @dataclass
@@ -71,39 +197,52 @@ class StrategyConfig:
         "full",
         "Transfer strategy: linear_probe, head, full, freeze_n, or any peft method (lora, dora, ia3, loha, ...).",
     )
-    freeze_layers: int = _f(0, "freeze_n: freeze the embeddings and this many first layers.")
+    freeze_layers: int = _f(0, "freeze_n: freeze the embeddings and this many first layers.", range=">= 0")
     peft: dict = _f({}, "Arguments passed to the peft method's config (r, lora_alpha, target_modules, ...).")
     merge: bool = _f(False, "Also export the adapter merged into the backbone (run_dir/merged).")
+
+    def __post_init__(self) -> None:
+        check_fields(self, "strategy.")
 
 
 @dataclass
 class TrainConfig:
-    epochs: float = _f(3.0, "Passes over the training data.")
-    batch_size: int = _f(32, "Effective batch size (per step, all processes and accumulation together).")
-    eval_batch_size: int = _f(128, "Batch size for evaluation and feature extraction.")
-    grad_accum: int = _f(1, "Gradient accumulation steps (batch_size is split over them).")
-    lr: float = _f(5e-5, "Peak learning rate of the backbone (and of adapters).")
-    head_lr: float = _f(0.0, "Learning rate of the new head (0: same as lr).")
+    epochs: float = _f(3.0, "Passes over the training data.", range="> 0")
+    batch_size: int = _f(32, "Effective batch size (per step, all processes and accumulation together).",
+                         range=">= 1")
+    eval_batch_size: int = _f(128, "Batch size for evaluation and feature extraction.", range=">= 1")
+    grad_accum: int = _f(1, "Gradient accumulation steps (batch_size is split over them).", range=">= 1")
+    lr: float = _f(5e-5, "Peak learning rate of the backbone (and of adapters).", range="> 0")
+    head_lr: float = _f(0.0, "Learning rate of the new head (0: same as lr).", range=">= 0 (0: same as lr)")
     layer_lr_decay: float = _f(1.0, "Layer-wise learning rates: the top block gets lr x this, each block below one "
-                                    "factor more, the embeddings last (1: one rate for all).")
+                                    "factor more, the embeddings last (1: one rate for all).",
+                              range="(0, 1] (1: one rate for all)")
     unfreeze_every: float = _f(0.0, "Gradual unfreezing: the head trains alone, then one more block from the top "
-                                    "joins every this many epochs, the embeddings last (0: off).")
-    weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and norms).")
-    warmup_ratio: float = _f(0.06, "Fraction of steps of linear warmup.")
+                                    "joins every this many epochs, the embeddings last (0: off).",
+                              range=">= 0 (0: off)")
+    weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and norms).", range=">= 0")
+    warmup_ratio: float = _f(0.06, "Fraction of steps of linear warmup.", range="[0, 1)")
     scheduler: str = _f("linear", "Learning-rate schedule after warmup.", ("linear", "cosine", "constant"))
-    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0: off).")
-    early_stopping_patience: int = _f(0, "Stop after this many evaluations without improvement (0: off).")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0: off).", range=">= 0 (0: off)")
+    early_stopping_patience: int = _f(0, "Stop after this many evaluations without improvement (0: off).",
+                                      range=">= 0 (0: off)")
     metric_for_best: str = _f("accuracy", "Validation metric that picks the best checkpoint.")
     mixed_precision: str = _f("auto", "auto: bf16 on GPUs that have it, fp32 on CPU.", ("auto", "no", "bf16", "fp16"))
-    seed: int = _f(0, "Seed of initialisation, shuffling and dropout.")
+    seed: int = _f(0, "Seed of initialisation, shuffling and dropout.", range=SEEDS)
     group_by_length: bool = _f(True, "Batch examples of similar length together (less padding).")
-    num_workers: int = _f(-1, "DataLoader worker processes (-1: none on CPU, up to 8 beside a GPU).")
+    num_workers: int = _f(-1, "DataLoader worker processes (-1: none on CPU, up to 8 beside a GPU).",
+                          range=">= -1 (-1: auto)")
     resume: bool = _f(False, "Continue from the last complete checkpoint in output_dir/checkpoints.")
-    checkpoint_every: int = _f(0, "Also checkpoint every this many optimizer steps (0: at each epoch end only).")
-    keep_checkpoints: int = _f(2, "Complete checkpoints kept in output_dir/checkpoints (the oldest are deleted).")
+    checkpoint_every: int = _f(0, "Also checkpoint every this many optimizer steps (0: at each epoch end only).",
+                               range=">= 0 (0: at each epoch end only)")
+    keep_checkpoints: int = _f(2, "Complete checkpoints kept in output_dir/checkpoints (the oldest are deleted).",
+                               range=">= 1")
     gradient_checkpointing: bool = _f(False, "Recompute the backbone's activations in backward (less memory, slower).")
     compile: str = _f("auto", "torch.compile the model before training (auto: text models on a GPU).",
                       ("auto", "true", "false"))
+
+    def __post_init__(self) -> None:
+        check_fields(self, "train.")
 
 
 @dataclass
@@ -116,6 +255,9 @@ class EvalConfig:
         if not self.metrics:
             raise ConfigError("eval.metrics is empty: list at least one metric, e.g. [accuracy, f1]")
 
+    def __post_init__(self) -> None:
+        check_fields(self, "eval.")
+
 
 @dataclass
 class HubConfig:
@@ -124,11 +266,15 @@ class HubConfig:
     private: bool = _f(False, "Create the repository as private.")
     revision: str = _f("", "Branch to push to (empty: main).")
 
+    def __post_init__(self) -> None:
+        check_fields(self, "hub.")
+
 
 @dataclass
 class ShotsConfig:
-    ks: list = _f([1, 2, 4, 8, 16, 32], "Few-shot rungs: labelled examples per class.")
-    seeds: list = _f([0, 1, 2, 3, 4], "Seeds of the resampled support sets, one set per seed and k (at least 2).")
+    ks: list = _f([1, 2, 4, 8, 16, 32], "Few-shot rungs: labelled examples per class.", range=">= 1", item=int)
+    seeds: list = _f([0, 1, 2, 3, 4], "Seeds of the resampled support sets, one set per seed and k (at least 2).",
+                      range=SEEDS, item=int)
     methods: list = _f(
         ["prototype", "probe"], "Few-shot methods (hftl.shots.METHODS): prototype, probe, setfit, lora."
     )
@@ -141,20 +287,20 @@ class ShotsConfig:
     templates: list = _f([], "Prompt templates with {} for the label description, ensembled (empty: defaults).")
     label_descriptions: dict = _f({}, "Label name -> description or list of them, ensembled (missing: the name).")
     transductive: bool = _f(True, "Also report prototypes refined by soft k-means over the unlabelled eval inputs.")
-    probe_c: float = _f(1.0, "Inverse L2 strength of the logistic-regression head (probe and setfit).")
-    setfit_steps: int = _f(10, "setfit: contrastive steps; each takes every pair of the batch.")
-    setfit_lr: float = _f(1e-4, "setfit: learning rate of the encoder.")
-    setfit_layers: int = _f(0, "setfit: top encoder blocks that train (0: all); those below run once per input.")
-    lora_steps: int = _f(30, "lora: optimisation steps on the support set.")
-    lora_lr: float = _f(5e-4, "lora: learning rate of the adapters and the head.")
+    probe_c: float = _f(1.0, "Inverse L2 strength of the logistic-regression head (probe and setfit).", range="> 0")
+    setfit_steps: int = _f(10, "setfit: contrastive steps; each takes every pair of the batch.", range=">= 1")
+    setfit_lr: float = _f(1e-4, "setfit: learning rate of the encoder.", range="> 0")
+    setfit_layers: int = _f(0, "setfit: top encoder blocks that train (0: all); those below run once per input.",
+                            range=">= 0 (0: all)")
+    lora_steps: int = _f(30, "lora: optimisation steps on the support set.", range=">= 1")
+    lora_lr: float = _f(5e-4, "lora: learning rate of the adapters and the head.", range="> 0")
     lora: dict = _f({"r": 8, "lora_alpha": 16, "lora_dropout": 0.1}, "lora: arguments of peft's LoraConfig.")
-    batch_size: int = _f(64, "setfit and lora: support examples per step (all of them when fewer).")
+    batch_size: int = _f(64, "setfit and lora: support examples per step (all of them when fewer).", range=">= 1")
     full: bool = _f(True, "Ladder: also fine-tune on all the training data with strategy.name.")
 
     def __post_init__(self) -> None:
-        from hftl.shots import check_shots_config  # late: shots imports torch
-
-        check_shots_config(self)
+        check_fields(self, "shots.")
+        check_shots(self)
 
 
 TEXT_SOURCES = ("train", "unlabeled")
@@ -166,11 +312,14 @@ class PretrainConfig:
     then_finetune: bool = _f(
         False, "pretrain_masked: after the masked stage, fine-tune its model with strategy.name (one resumable run)."
     )
-    epochs: float = _f(1.0, "Passes of the masked-modeling stage over its unlabelled data.")
-    batch_size: int = _f(32, "Effective batch of the masked stage (blocks, images or clips per optimizer step).")
-    lr: float = _f(1e-4, "Peak learning rate of the masked stage (its schedule and warmup are train.*'s).")
+    epochs: float = _f(1.0, "Passes of the masked-modeling stage over its unlabelled data.", range="> 0")
+    batch_size: int = _f(32, "Effective batch of the masked stage (blocks, images or clips per optimizer step).",
+                         range=">= 1")
+    lr: float = _f(1e-4, "Peak learning rate of the masked stage (its schedule and warmup are train.*'s).",
+                    range="> 0")
     mask_rate: float = _f(
-        0.15, "Fraction masked: of tokens (text), of patch blocks (vision), of frames starting a span (speech)."
+        0.15, "Fraction masked: of tokens (text), of patch blocks (vision), of frames starting a span (speech).",
+        range="(0, 1)",
     )
     whole_word: bool = _f(False, "Text: mask every token of a chosen word together (whole-word masking).")
     pack: bool = _f(True, "Text: concatenate texts and cut blocks of model.max_length tokens (no padding at all).")
@@ -179,26 +328,27 @@ class PretrainConfig:
         "Text of the stage: train (inputs of the whole train split, labels unused, data.max_train_samples ignored), "
         "unlabeled (the source's unlabelled rows: Rotten Tomatoes plot texts), or .txt/.csv/.json files.",
     )
-    max_samples: int = _f(0, "Use at most this many unlabelled texts, images or clips (0: all).")
-    mask_patch_size: int = _f(0, "Vision: side in pixels of the square masked blocks (0: the model's patch size).")
-    mask_span: int = _f(10, "Speech: frames per masked span (wav2vec2's mask_time_length).")
+    max_samples: int = _f(0, "Use at most this many unlabelled texts, images or clips (0: all).",
+                          range=">= 0 (0: all)")
+    mask_patch_size: int = _f(0, "Vision: side in pixels of the square masked blocks (0: the model's patch size).",
+                              range=">= 0 (0: the model's patch size)")
+    mask_span: int = _f(10, "Speech: frames per masked span (wav2vec2's mask_time_length).", range=">= 1")
     from_scratch: bool = _f(False, "Start from random weights of model.name's architecture instead of its weights.")
     strategy: str = _f("full", "full, or a peft method (lora, ...) whose adapters train and are merged on save.")
     peft: dict = _f({}, "Arguments of the stage's peft method (r, lora_alpha, target_modules, ...).")
 
     def __post_init__(self) -> None:
-        if not 0 < self.mask_rate < 1:
-            raise ConfigError(f"pretrain.mask_rate={self.mask_rate} must be between 0 and 1")
-        if self.epochs <= 0 or self.lr <= 0 or self.batch_size < 1:
-            raise ConfigError("pretrain.epochs, pretrain.lr and pretrain.batch_size must be positive")
+        check_fields(self, "pretrain.")
         for source in self.text_sources:
             if source not in TEXT_SOURCES and Path(str(source)).suffix.lower() not in TEXT_FILES:
                 raise ConfigError(
                     f"pretrain.text_sources has {source!r}: use {list(TEXT_SOURCES)} or a .txt/.csv/.json file"
                 )
-        if self.strategy in ("linear_probe", "head", "freeze_n"):
+        if self.strategy in ("linear_probe", "head", "freeze_n") or (
+                peft_methods() and self.strategy not in ("full", *peft_methods())):
             raise ConfigError(
-                f"pretrain.strategy={self.strategy!r}: the masked stage trains with full or a peft method"
+                f"pretrain.strategy={self.strategy!r}: the masked stage trains with full or a peft method "
+                f"({', '.join(peft_methods())})"
             )
 
 
@@ -221,50 +371,34 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def _check_choices(obj: Any, prefix: str) -> None:
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            _check_choices(value, f"{prefix}{f.name}.")
-        elif f.metadata.get("choices") and value not in f.metadata["choices"]:
-            raise ConfigError(
-                f"{prefix}{f.name}={value!r} is not allowed; choose one of {list(f.metadata['choices'])}"
-            )
-
-
 def validate(cfg: Config) -> None:
-    """Check values that types alone cannot; raise ConfigError naming the key."""
-    _check_choices(cfg, "")
+    """Check every section against its fields' ranges and choices (again: a field may have been set since), then
+    what spans keys: batch vs accumulation, the strategy name, the Hub target. Raises ConfigError naming the key.
+    Needs no model, data or registry import: it runs before any compute, in well under a second."""
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(section):
+            check_fields(section, f"{f.name}.")
+    check_fields(cfg, "")
     t = cfg.train
-    for key, value in {
-        "train.batch_size": t.batch_size,
-        "train.eval_batch_size": t.eval_batch_size,
-        "train.grad_accum": t.grad_accum,
-        "model.max_length": cfg.model.max_length,
-    }.items():
-        if value < 1:
-            raise ConfigError(f"{key}={value} must be at least 1")
-    if not 0 < t.layer_lr_decay <= 1:
-        raise ConfigError(f"train.layer_lr_decay={t.layer_lr_decay} must be in (0, 1] (1: one rate for all)")
-    if t.unfreeze_every < 0:
-        raise ConfigError(f"train.unfreeze_every={t.unfreeze_every} must be at least 0 (0: off)")
-    if t.num_workers < -1:
-        raise ConfigError(f"train.num_workers={t.num_workers} must be -1 (auto) or at least 0")
-    if t.epochs <= 0 or t.lr <= 0:
-        raise ConfigError(f"train.epochs ({t.epochs}) and train.lr ({t.lr}) must be positive")
     if t.batch_size % t.grad_accum:
         raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by train.grad_accum={t.grad_accum}")
-    for key in ("validation_size", "test_size"):
-        if not 0 < getattr(cfg.data, key) < 0.5:
-            raise ConfigError(f"data.{key}={getattr(cfg.data, key)} must be between 0 and 0.5")
-    from hftl.strategies import check_strategy_name  # late: strategies import torch
-
     check_strategy_name(cfg.strategy.name)
     if cfg.hub.push and "/" not in cfg.hub.repo_id:
         raise ConfigError(f"hub.repo_id={cfg.hub.repo_id!r} must look like 'user/name' when hub.push=true")
 
 
-def _scalar(value: Any) -> Any:
+def _yaml_value(text: str, key: str) -> Any:
+    """An override's text read as YAML (``[a, b]``, ``{r: 8}``, ``true``); ConfigError naming the key if it is not."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{key}={text!r} is not a valid YAML value ({problem}); quote it or fix the brackets, "
+                          f"e.g. {key}=[a,b]") from None
+
+
+def _scalar(value: Any, key: str = "") -> Any:
     if not isinstance(value, str):
         return value
     for cast in (int, float):
@@ -272,7 +406,7 @@ def _scalar(value: Any) -> Any:
             return cast(value)
         except ValueError:
             pass
-    parsed = yaml.safe_load(value) if value else value
+    parsed = _yaml_value(value, key) if value else value
     return parsed if isinstance(parsed, (bool, list, dict)) or parsed is None else value
 
 
@@ -291,9 +425,9 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         except ValueError:
             raise ConfigError(f"{key}={value!r} must be of type {origin.__name__}") from None
     elif isinstance(value, str) and origin in (list, dict):
-        value = yaml.safe_load(value) if value else origin()
+        value = _yaml_value(value, key) if value else origin()
     if origin is dict and isinstance(value, dict):  # overrides such as strategy.peft.r=16 arrive as text
-        value = {k: _scalar(v) for k, v in value.items()}
+        value = {k: _scalar(v, f"{key}.{k}") for k, v in value.items()}
     if origin is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, origin) or (origin is int and isinstance(value, bool)):
@@ -307,6 +441,7 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         if key not in names:
+            key = str(key)  # YAML keys may be numbers or null
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
             raise ConfigError(f"unknown config key {prefix + key!r}{hint}; valid keys: {sorted(names)}")
@@ -332,6 +467,22 @@ def _set_path(tree: dict, dotted: str, value: str) -> None:
     node[leaf] = value
 
 
+def _read_yaml(path: Path) -> Any:
+    """The YAML document in ``path``; ConfigError naming the file, line and column of a syntax error."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {err.start}): save it as UTF-8") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
+        opened = f" ({context} at line {start.line + 1}, column {start.column + 1})" if context and start else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}{opened}; fix the syntax there "
+                          f"(indentation, brackets, quotes)") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML config (or the defaults), apply ``key.sub=value`` overrides, validate.
 
@@ -343,7 +494,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _read_yaml(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping at its top level")
     for item in overrides:
@@ -371,7 +522,9 @@ def describe() -> str:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             choices = f" {list(f.metadata['choices'])}" if f.metadata.get("choices") else ""
-            lines.append(f"{prefix}{f.name} = {default!r}{choices}\n    {f.metadata.get('help', '')}")
+            spec = f.metadata.get("range")
+            allowed = f"  ({'each ' if f.metadata.get('item') else ''}{spec})" if spec else ""
+            lines.append(f"{prefix}{f.name} = {default!r}{choices}{allowed}\n    {f.metadata.get('help', '')}")
 
     walk(Config, "")
     return "\n".join(lines)
@@ -384,13 +537,15 @@ Keys (hftl config lists them all with their help):
 """
 
 
-def parse_args(argv: list[str], prog: str = "hftl") -> Config:
-    """``--config FILE`` and ``key.sub=value`` overrides, as recipes and the CLI take them."""
+def parse_args(argv: list[str], prog: str = "hftl", about: str = "") -> Config:
+    """``--config FILE`` and ``key.sub=value`` overrides, as recipes and the CLI take them; ``--help`` prints the
+    usage, ``about`` (what the command does and writes, an example) and every key."""
     path, overrides, argv = None, [], list(argv)
     while argv:
         arg = argv.pop(0)
         if arg in ("-h", "--help"):
-            print(USAGE.format(prog=prog) + "\n" + describe())
+            usage, keys = USAGE.format(prog=prog).split("\n", 1)
+            print(f"{usage}\n\n{about.strip()}\n{keys}\n{describe()}" if about else f"{usage}\n{keys}\n{describe()}")
             raise SystemExit(0)
         if arg == "--config" and argv:
             path = argv.pop(0)

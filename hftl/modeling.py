@@ -202,7 +202,8 @@ class HftlForClassification(PreTrainedModel):
 
 
 def register_auto_classes() -> None:
-    """Let the Auto classes load hftl run directories (done on ``import hftl``)."""
+    """Let the Auto classes load hftl run directories: done when this module is imported, which ``import hftl``
+    arranges as soon as transformers' Auto model classes are imported."""
     from transformers import (
         AutoModelForAudioClassification,
         AutoModelForImageClassification,
@@ -212,3 +213,6 @@ def register_auto_classes() -> None:
     AutoConfig.register("hftl", HftlConfig, exist_ok=True)
     for auto in (AutoModelForSequenceClassification, AutoModelForImageClassification, AutoModelForAudioClassification):
         auto.register(HftlConfig, HftlForClassification, exist_ok=True)
+
+
+register_auto_classes()

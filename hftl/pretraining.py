@@ -257,7 +257,7 @@ def save_stage(path: str | Path, model, processor, source: str, metrics: dict, *
     pooling = _source_dir(source) / "1_Pooling"
     if pooling.is_dir():
         shutil.copytree(pooling, path / "1_Pooling")
-    (path / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=2))
+    (path / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
     return path
 
 

@@ -34,7 +34,7 @@ def save_run(run_dir: str | Path, cfg: Config, model, processor, metrics: dict, 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
     model_dir = run_dir / "model"
     model.save_pretrained(model_dir, safe_serialization=True, state_dict=state_dict)
     if hasattr(model, "peft_config"):  # the base's config (labels, pooling, head) travels with the adapter

@@ -48,6 +48,48 @@ _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight", "la
 KILL_ENV = "HFTL_TEST_KILL_AT"
 
 
+class TrainingDiverged(RuntimeError):
+    """The training loss, the weights or a validation score became NaN or infinite. The message names the step,
+    the likely fix and the last good checkpoint, which is kept: none is written once the loss is non-finite, and
+    the recipe stops before it saves the run. ``hftl`` exits with code 3."""
+
+
+def _finite_every(accelerator: Accelerator) -> int:
+    """Optimizer steps between checks of the loss summed on the device. Each check waits for the device (and, with
+    several processes, is one all-reduce), so it runs every step only on one CPU process, where that costs nothing.
+    The loss is also checked before every checkpoint and at each epoch's end, the weights before every checkpoint."""
+    return 1 if accelerator.device.type == "cpu" and accelerator.num_processes == 1 else 25
+
+
+def _diverged(what: str, state: LoopState, cfg: TrainConfig, ckpt_dir: Path | None) -> TrainingDiverged:
+    last = last_checkpoint(ckpt_dir) if ckpt_dir else None
+    kept = f"the last good checkpoint is kept: {last}" if last else "no checkpoint had been written yet"
+    rates = f"train.lr (now {cfg.lr:g})" + (f" or train.head_lr (now {cfg.head_lr:g})" if cfg.head_lr else "")
+    return TrainingDiverged(
+        f"training diverged: {what} by optimizer step {state.step} (epoch {state.epoch + 1}); lower {rates}, "
+        f"or check the inputs for NaN or infinite values; {kept}; the run was not saved")
+
+
+def _check_loss(total: torch.Tensor, state: LoopState, cfg: TrainConfig, accelerator: Accelerator,
+                ckpt_dir: Path | None) -> float:
+    """The summed loss over processes; TrainingDiverged if it is NaN or infinite. Every process must call it."""
+    value = float(accelerator.reduce(total, "sum"))
+    if not math.isfinite(value):
+        raise _diverged(f"the training loss became {value}", state, cfg, ckpt_dir)
+    return value
+
+
+def _check_weights(model, state: LoopState, cfg: TrainConfig, accelerator: Accelerator,
+                   ckpt_dir: Path | None) -> None:
+    """TrainingDiverged if a trainable weight is NaN or infinite (a finite loss can still step into them): checked
+    before each checkpoint, so none holds them. Every process must call it (sharded weights: one all-reduce)."""
+    flags = [torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all()
+             for p in model.parameters() if p.requires_grad]
+    bad = (~torch.stack(flags)).sum().float() if flags else torch.zeros(())
+    if float(accelerator.reduce(bad.to(accelerator.device), "sum")):
+        raise _diverged("the weights became non-finite", state, cfg, ckpt_dir)
+
+
 def make_accelerator(cfg: TrainConfig, **kwargs) -> Accelerator:
     """The run's Accelerator: precision, accumulation, and train batches split over the processes.
 
@@ -449,12 +491,14 @@ def _plain_steps(accelerator: Accelerator) -> bool:
 
 
 def _train_epoch(model, loader, optimizer, scheduler, accelerator: Accelerator, cfg: TrainConfig,
-                 state: LoopState, checkpoint: Callable[[], None] | None, count_terms: Callable = loss_terms) -> float:
+                 state: LoopState, checkpoint: Callable[[], None] | None, count_terms: Callable = loss_terms,
+                 ckpt_dir: Path | None = None) -> float:
     """The epoch ``state.epoch`` (its remaining steps when resumed mid-epoch); its mean train loss per step.
 
     Each optimizer step is a group of ``grad_accum`` loader batches, the examples of one ``train.batch_size`` batch
     (see ``LengthGroupedBatches``), weighted by ``step_weights``: the step's gradient is the whole batch's, with
     uneven last steps and token-level losses too. Gradients are synchronised on the group's last batch only.
+    TrainingDiverged once the loss is non-finite (checked every ``_finite_every`` steps, before each checkpoint).
     """
     model.train()
     loader.set_epoch(state.epoch)  # accelerate's loader re-sets our sampler's epoch from its own count
@@ -464,6 +508,7 @@ def _train_epoch(model, loader, optimizer, scheduler, accelerator: Accelerator, 
     plain = _plain_steps(accelerator)
     opt, sched = (optimizer.optimizer, scheduler.scheduler) if plain else (optimizer, scheduler)
     params = [p for p in model.parameters() if p.requires_grad]
+    every = _finite_every(accelerator)
     bar = progress(loader, accelerator, f"epoch {state.epoch + 1}")
     for group in step_groups(bar, cfg.grad_accum):
         weights = step_weights(group, accelerator, count_terms)
@@ -484,10 +529,14 @@ def _train_epoch(model, loader, optimizer, scheduler, accelerator: Accelerator, 
         state.batch += len(group)
         state.step += 1
         _kill_point(f"step-{state.step}")
+        if state.step % every == 0:
+            _check_loss(total, state, cfg, accelerator, ckpt_dir)
         end = accelerator.gradient_state.end_of_dataloader  # the epoch's own checkpoint follows evaluation
         if checkpoint and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and not end:
+            _check_loss(total, state, cfg, accelerator, ckpt_dir)
             state.epoch_loss = float(accelerator.reduce(total, "mean"))
             checkpoint()
+    _check_loss(total, state, cfg, accelerator, ckpt_dir)
     steps = -(-state.batch // cfg.grad_accum)  # only the last step of an epoch can have fewer batches
     loss = float(accelerator.reduce(total, "mean")) / max(steps, 1)
     state.batch, state.epoch_loss = 0, 0.0
@@ -559,16 +608,20 @@ def fit(model, train_loader: DataLoader, val_loader: DataLoader, accelerator: Ac
     state, best = _start(accelerator, ckpt_dir, resume)
 
     def checkpoint() -> None:  # reads state and best as they are when called
+        _check_weights(model, state, cfg, accelerator, ckpt_dir)  # a checkpoint never holds non-finite weights
         save_checkpoint(accelerator, ckpt_dir, state, best, cfg.keep_checkpoints)
 
     while state.epoch < epochs and state.step < total_steps:
         start = time.perf_counter()
         batches.set_epoch(state.epoch)
         train_loss = _train_epoch(model, train_loader, optimizer, scheduler, accelerator, cfg, state,
-                                  checkpoint if ckpt_dir else None, count_terms)
+                                  checkpoint if ckpt_dir else None, count_terms, ckpt_dir)
         train_seconds = time.perf_counter() - start  # the epoch's loss was reduced: the device has finished
         scores = (evaluate_fn(model, val_loader, accelerator) if evaluate_fn  # e.g. masked-modeling scores
                   else evaluate(model, val_loader, accelerator, metrics, "validation"))
+        bad = {k: v for k, v in scores.items() if isinstance(v, (int, float)) and not math.isfinite(v)}
+        if bad:  # the same on every process: scores are computed from gathered predictions
+            raise _diverged(f"the validation scores became {bad}", state, cfg, ckpt_dir)
         improved = _end_epoch(state, cfg, train_loss, scores, time.perf_counter() - start, accelerator)
         state.history[-1]["train_seconds"] = train_seconds
         if improved:

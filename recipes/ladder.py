@@ -174,7 +174,7 @@ def main(cfg: Config) -> dict:
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
         title = f"{cfg.model.name.split('/')[-1]} on {Path(cfg.data.name).name} ({split})"
         from hftl.report import plot_ladder
 

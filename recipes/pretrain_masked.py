@@ -109,7 +109,7 @@ def main(cfg: Config) -> dict:
             return {"pretrain": metrics}
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
-        (out / "metrics.json").write_text(json.dumps({"pretrain": metrics}, indent=2))
+        (out / "metrics.json").write_text(json.dumps({"pretrain": metrics}, indent=2, allow_nan=False))
         return {"pretrain": metrics}
     from hftl.recipes.finetune import main as finetune
 
@@ -117,7 +117,7 @@ def main(cfg: Config) -> dict:
     result = {"pretrain": metrics, **tuned}
     if writer:  # the fine-tuning run directory, with the first stage added
         save_config(cfg, out / "config.yaml")
-        (out / "metrics.json").write_text(json.dumps(result, indent=2))
+        (out / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=False))
     return result
 
 

@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from hftl.config import ConfigError, ShotsConfig
+from hftl.config import ShotsConfig, check_fields, check_shots
 from hftl.shots import tuned  # noqa: F401 - registers setfit and lora
 from hftl.shots.fewshot import (
     METHODS,
@@ -101,18 +101,11 @@ def check_ladder_data(cfg: ShotsConfig, labels: list[str], train_labels) -> None
 
 
 def check_shots_config(cfg: ShotsConfig) -> None:
-    """Values of the ``shots`` section that types alone cannot check; ConfigError names the key."""
+    """Values of the ``shots`` section that types alone cannot check; ConfigError names the key.
+
+    The config checks these when it is parsed (``hftl.config``: ranges, rungs, seeds, templates); here the method
+    names are checked again against ``METHODS``, which may hold methods registered since.
+    """
     check_methods(list(cfg.methods))
-    if not cfg.ks or any(not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in cfg.ks):
-        raise ConfigError(f"shots.ks={cfg.ks!r} must be a non-empty list of positive integers")
-    if len(set(cfg.seeds)) < 2 or any(not isinstance(s, int) or isinstance(s, bool) for s in cfg.seeds):
-        raise ConfigError(f"shots.seeds={cfg.seeds!r} must list at least 2 distinct integer seeds (for the spread)")
-    for key in ("setfit_steps", "lora_steps", "batch_size"):
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"shots.{key}={getattr(cfg, key)} must be at least 1")
-    for key in ("probe_c", "setfit_lr", "lora_lr"):
-        if getattr(cfg, key) <= 0:
-            raise ConfigError(f"shots.{key}={getattr(cfg, key)} must be positive")
-    bad = [t for t in cfg.templates if not isinstance(t, str) or "{}" not in t]
-    if bad:
-        raise ConfigError(f"shots.templates must each hold {{}} for the label description; these do not: {bad}")
+    check_fields(cfg, "shots.")
+    check_shots(cfg)

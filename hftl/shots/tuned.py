@@ -95,6 +95,16 @@ def _step(loss: torch.Tensor, optimizer, schedule, params) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
+def _check_finite(method: str, lr: float, seed: int, *tensors: torch.Tensor) -> None:
+    """Support-set training that blew up leaves NaN embeddings, and an argmax over NaN picks class 0: a wrong
+    accuracy that looks plausible. Stop with TrainingDiverged instead (checked once per run, not per step)."""
+    if not all(bool(torch.isfinite(t).all()) for t in tensors):
+        from hftl.train import TrainingDiverged
+
+        raise TrainingDiverged(f"shots.methods {method}: training on the support set (seed {seed}) diverged to "
+                               f"non-finite outputs; lower shots.{method}_lr (now {lr:g})")
+
+
 def _fresh_copy(ctx: ShotContext, support: np.ndarray, seed: int):
     if ctx.model is None or ctx.train_inputs is None or ctx.collate is None:
         raise ValueError("this method trains the encoder: the ShotContext needs model, train_inputs and collate")
@@ -222,6 +232,7 @@ def setfit(ctx: ShotContext, support: np.ndarray, cfg: ShotsConfig, seed: int) -
     else:
         xs = embed(model, ctx.train_inputs.select(support), ctx.collate, ctx.batch_size)
         xq = embed(model, ctx.query_inputs, ctx.collate, ctx.batch_size)
+    _check_finite("setfit", cfg.setfit_lr, seed, xs, xq)
     probs = logistic_probs(xs, ctx.train_labels[support], xq, ctx.num_labels, cfg.probe_c, seed)
     return Prediction(probs, xs, xq)
 
@@ -256,4 +267,5 @@ def lora(ctx: ShotContext, support: np.ndarray, cfg: ShotsConfig, seed: int) -> 
     with torch.no_grad():
         model.head.eval()
         probs = model.head(xq.to(device)).float().softmax(-1).cpu()
+    _check_finite("lora", cfg.lora_lr, seed, xs, xq, probs)
     return Prediction(probs, xs, xq)
