@@ -113,7 +113,7 @@ def _parents(path: str):
 def explain(err: BaseException, command: str, output_dir: str | None = None) -> tuple[str, int]:
     """The one line printed for ``err`` and the exit code: 2 bad input or config (before compute), 3 diverged,
     1 any other failure. hftl's own errors already name the problem and the fix; others get their type and a hint."""
-    full = disk_full(err, output_dir)
+    full = None if "DiskFullError" in _names(err) else disk_full(err, output_dir)  # that one names its own fix
     if full is not None:
         return (f"hftl {command}: no space left on device while writing {full}: free space or set output_dir "
                 f"elsewhere", 1)

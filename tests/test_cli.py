@@ -149,3 +149,13 @@ def test_auto_classes_load_a_run_after_import_hftl(tiny_model, tmp_path):
                  f"import hftl; import transformers; from transformers import BertModel; {load}"):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert out.stdout.strip().splitlines()[-1:] == ["HftlForClassification"], out.stderr[-2000:]
+
+
+def test_disk_full_error_of_hftl_keeps_its_own_fix():
+    from hftl.cli import explain
+    from hftl.storage import DiskFullError
+
+    err = DiskFullError(28, "no space left on device while writing runs/x/checkpoints: free space, lower "
+                            "train.keep_checkpoints (now 2), or set output_dir to another disk")
+    line, code = explain(err, "finetune", "runs/x")
+    assert "train.keep_checkpoints" in line and code == 1
