@@ -23,6 +23,11 @@ class ConfigError(ValueError):
     """A configuration value or key is wrong; the message names it and what is allowed."""
 
 
+class RunDirError(ConfigError):
+    """``output_dir`` cannot take this run (a file, unwritable, another's folder, in use, a resume with other
+    settings) or a run there did not finish; the message names the folder and the fix (hftl.rundir)."""
+
+
 def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
     meta = {"help": help, "choices": choices}
     if isinstance(default, (dict, list)):
@@ -207,6 +212,8 @@ class Config:
     shots: ShotsConfig = field(default_factory=ShotsConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     output_dir: str = field(default="runs/default", metadata={"help": "Run directory (config, metrics, model, card)."})
+    overwrite: bool = _f(False, "Replace the hftl run in output_dir: only the files hftl wrote there are removed "
+                                "(a folder hftl did not make is never written into).")
 
     def __post_init__(self) -> None:
         validate(self)
@@ -229,6 +236,12 @@ def _check_choices(obj: Any, prefix: str) -> None:
 def validate(cfg: Config) -> None:
     """Check values that types alone cannot; raise ConfigError naming the key."""
     _check_choices(cfg, "")
+    if not cfg.output_dir.strip():
+        raise ConfigError(f"output_dir={cfg.output_dir!r} is empty (an unset shell variable?): set output_dir to a "
+                          "new folder, e.g. output_dir=runs/my-run")
+    if cfg.overwrite and cfg.train.resume:
+        raise ConfigError("overwrite=true and train.resume=true contradict each other: overwrite starts over, resume "
+                          "continues; set one")
     t = cfg.train
     for key, value in {
         "train.batch_size": t.batch_size,
