@@ -52,7 +52,7 @@ def finetune(model: str, splits: str, seed: int, out: Path, extra: list[str]) ->
 
     cfg = load_config(CONFIGS / "minilm-rt-pretrain-then-full.yaml", [
         f"model.name={model}", f"data.splits={splits}", "data.max_train_samples=0", "pretrain.then_finetune=false",
-        f"train.seed={seed}", f"output_dir={out}", *FIXED, *extra])
+        f"train.seed={seed}", f"output_dir={out}", "overwrite=true", *FIXED, *extra])
     start = time.perf_counter()
     metrics = main(cfg)
     return {"test_accuracy": metrics["test"]["accuracy"], "test_f1": metrics["test"].get("f1"),

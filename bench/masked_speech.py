@@ -82,7 +82,7 @@ def main(out: Path, data: Path, seeds: list[int], k: int, epochs: float, overrid
             s = time.perf_counter()
             m = finetune(load_config(CONFIG, [*base, f"model.name={name}", "strategy.name=full", f"train.seed={seed}",
                                               f"data.split_seed={seed}", f"data.max_train_samples={k * 10}",
-                                              f"output_dir={out / f'{arm}-{seed}'}"]))
+                                              f"output_dir={out / f'{arm}-{seed}'}", "overwrite=true"]))
             runs.append({"arm": arm, "seed": seed, "test_accuracy": m["test"]["accuracy"],
                          "validation_accuracy": m["validation"]["accuracy"], "best_epoch": m["train"]["best_epoch"],
                          "seconds": time.perf_counter() - s})

@@ -55,7 +55,7 @@ def main(out: Path, labels: int, seeds: list[int], unlabelled: int, overrides: l
         for arm, name in arms.items():
             t = time.perf_counter()
             m = finetune(load_config(CONFIG, [*base, f"model.name={name}", f"train.seed={seed}",
-                                              f"output_dir={out / f'{arm}-{seed}'}"]))
+                                              f"output_dir={out / f'{arm}-{seed}'}", "overwrite=true"]))
             runs.append({"arm": arm, "seed": seed, "test_accuracy": m["test"]["accuracy"],
                          "best_epoch": m["train"]["best_epoch"], "seconds": time.perf_counter() - t})
             print(json.dumps(runs[-1]), flush=True)

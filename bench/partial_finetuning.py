@@ -49,7 +49,7 @@ def main() -> None:
             if not done.exists():
                 finetune(load_config(CONFIG, [
                     f"data.max_train_samples={args.labels}", f"train.epochs={args.epochs}", f"train.seed={seed}",
-                    f"output_dir={run_dir}", *overrides]))
+                    f"output_dir={run_dir}", "overwrite=true", *overrides]))
             metrics = json.loads(done.read_text())
             runs.append({"arm": arm, "seed": seed, "accuracy": metrics["test"]["accuracy"],
                          "best_epoch": metrics["train"]["best_epoch"], "seconds": metrics["train"]["seconds"]})

@@ -20,7 +20,7 @@ import warnings
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "hftl.config": ["Config", "ConfigError", "load_config", "parse_args", "save_config"],
+    "hftl.config": ["Config", "ConfigError", "RunDirError", "load_config", "parse_args", "save_config"],
     "hftl.data": [
         "DataError", "load_splits", "label_names", "encode", "encode_text", "collator_for", "modality_of",
         "stratified_subset",

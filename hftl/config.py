@@ -28,6 +28,11 @@ class ConfigError(ValueError):
     """A configuration value or key is wrong; the message names it and what is allowed."""
 
 
+class RunDirError(ConfigError):
+    """``output_dir`` cannot take this run (a file, unwritable, another's folder, in use, a resume with other
+    settings) or a run there did not finish; the message names the folder and the fix (hftl.rundir)."""
+
+
 def _f(default: Any, help: str, choices: tuple | None = None, range: str | None = None,
        item: type | None = None) -> Any:
     """A documented field. ``range``: the values allowed, stated once here and checked at parse time (``>= 0``,
@@ -252,11 +257,9 @@ class EvalConfig:
                                            "a .py file, a folder or a Hub metric id (their code runs).")
 
     def __post_init__(self) -> None:  # names are checked where the metrics are (hftl.metrics.check_metrics)
+        check_fields(self, "eval.")
         if not self.metrics:
             raise ConfigError("eval.metrics is empty: list at least one metric, e.g. [accuracy, f1]")
-
-    def __post_init__(self) -> None:
-        check_fields(self, "eval.")
 
 
 @dataclass
@@ -363,6 +366,8 @@ class Config:
     shots: ShotsConfig = field(default_factory=ShotsConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     output_dir: str = field(default="runs/default", metadata={"help": "Run directory (config, metrics, model, card)."})
+    overwrite: bool = _f(False, "Replace the hftl run in output_dir: only the files hftl wrote there are removed "
+                                "(a folder hftl did not make is never written into).")
 
     def __post_init__(self) -> None:
         validate(self)
@@ -373,13 +378,19 @@ class Config:
 
 def validate(cfg: Config) -> None:
     """Check every section against its fields' ranges and choices (again: a field may have been set since), then
-    what spans keys: batch vs accumulation, the strategy name, the Hub target. Raises ConfigError naming the key.
-    Needs no model, data or registry import: it runs before any compute, in well under a second."""
+    what spans keys: batch vs accumulation, the strategy name, the Hub target, the run directory. Raises ConfigError
+    naming the key. Needs no model, data or registry import: it runs before any compute, in well under a second."""
     for f in dataclasses.fields(cfg):
         section = getattr(cfg, f.name)
         if dataclasses.is_dataclass(section):
             check_fields(section, f"{f.name}.")
     check_fields(cfg, "")
+    if not cfg.output_dir.strip():
+        raise ConfigError(f"output_dir={cfg.output_dir!r} is empty (an unset shell variable?): set output_dir to a "
+                          "new folder, e.g. output_dir=runs/my-run")
+    if cfg.overwrite and cfg.train.resume:
+        raise ConfigError("overwrite=true and train.resume=true contradict each other: overwrite starts over, resume "
+                          "continues; set one")
     t = cfg.train
     if t.batch_size % t.grad_accum:
         raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by train.grad_accum={t.grad_accum}")

@@ -293,6 +293,7 @@ def push(
     failure adds one commit, and a re-run with nothing new adds none. A failure raises :class:`PushError` listing
     the files not on the Hub; a refused token raises :class:`HubAccessError`. ``revision`` names a branch, made
     from ``main`` if new. Only the main process pushes: others return ``None`` at once (no barrier is taken).
+    An hftl run that did not finish (no ``hftl_run.json``) is refused with RunDirError before anything else.
 
     Example:
         >>> url = push("runs/sst2-lora", "alice/bert-sst2-lora", what="adapter")  # doctest: +SKIP
@@ -300,7 +301,10 @@ def push(
     """
     if accelerator is not None and not accelerator.is_main_process:
         return None
+    from hftl.rundir import require_complete
+
     run_dir = Path(run_dir)
+    require_complete(run_dir)  # a run that did not finish is never pushed as if it had
     kind, model_dir, needs_merge = _select_model(run_dir, what)
     token = _resolve_token(token)
     repo_id = check_push_access(repo_id, token=token)
@@ -432,7 +436,8 @@ def load(
     ``PeftModel`` on its base model, rebuilt with the head's class and labels (see the module docstring). hftl's
     own classifier (``model_type: hftl``) is loaded by ``hftl.run.load``. The processor is whichever of
     AutoProcessor, AutoTokenizer, AutoImageProcessor, AutoFeatureExtractor loads (``None`` if none does). The
-    model is in eval mode, on ``device`` if given.
+    model is in eval mode, on ``device`` if given. The model of a local hftl run that did not finish (no
+    ``hftl_run.json``) is refused with RunDirError.
 
     Example:
         >>> model, tokenizer = load("alice/bert-sst2-lora")  # doctest: +SKIP
@@ -462,8 +467,12 @@ def _local_dir(repo_id_or_path: str | os.PathLike, revision: str | None, token: 
     """A local model directory: the path itself, a run directory's ``model/``, or a snapshot of the repo."""
     path = Path(repo_id_or_path)
     if path.is_dir():
+        from hftl.rundir import require_complete
+
         has_model = (path / "config.json").is_file() or (path / ADAPTER_CONFIG).is_file()
-        return path / "model" if not has_model and (path / "model").is_dir() else path
+        local = path / "model" if not has_model and (path / "model").is_dir() else path
+        require_complete(local)  # the model of a run that did not finish is not loaded as if it had
+        return local
     from huggingface_hub import snapshot_download
 
     ignore = [f"*{suffix}" for suffix in PLOT_SUFFIXES]  # plots are for the card, not the model

@@ -243,22 +243,27 @@ def stage_strategy(model, cfg: PretrainConfig, new: list[str]):
 @names_disk_full("free space on that disk and rerun with train.resume=true (the last checkpoint holds the trained "
                  "weights: no training is repeated), or set output_dir to another disk")
 def save_stage(path: str | Path, model, processor, source: str, metrics: dict, *,
-               state_dict: dict | None = None) -> Path:
+               state_dict: dict | None = None, title: str | None = None) -> Path:
     """The stage's model in Hub format (adapters merged), its processor, the source's sentence-transformers pooling
-    (``1_Pooling``: fine-tuning pools as the source model did), and ``pretrain_metrics.json`` written last: the
-    mark of a finished stage that a resumed run skips. ``state_dict``: gathered weights of a sharded model.
+    (``1_Pooling``: fine-tuning pools as the source model did), ``history.png`` when ``title`` is given (plotted
+    from ``metrics["history"]``), and ``pretrain_metrics.json``: the mark of a finished stage that a resumed run
+    skips. The folder appears whole (``hftl.rundir.whole_folder``): staged in the run directory this process holds,
+    else ``path`` must be new or empty (RunDirError). ``state_dict``: gathered weights of a sharded model.
     """
-    path = Path(path)
-    shutil.rmtree(path, ignore_errors=True)
-    if hasattr(model, "merge_and_unload"):
-        model, state_dict = model.merge_and_unload(), None
-    model.save_pretrained(path, safe_serialization=True, state_dict=state_dict)
-    processor.save_pretrained(path)
-    pooling = _source_dir(source) / "1_Pooling"
-    if pooling.is_dir():
-        shutil.copytree(pooling, path / "1_Pooling")
-    (path / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
-    return path
+    from hftl.rundir import whole_folder
+
+    with whole_folder(path) as tmp:
+        if hasattr(model, "merge_and_unload"):
+            model, state_dict = model.merge_and_unload(), None
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+        processor.save_pretrained(tmp)
+        pooling = _source_dir(source) / "1_Pooling"
+        if pooling.is_dir():
+            shutil.copytree(pooling, tmp / "1_Pooling")
+        if title is not None:
+            plot_history(metrics["history"], tmp / "history.png", title)
+        (tmp / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
+    return Path(path)
 
 
 def _source_dir(name: str) -> Path:
@@ -273,7 +278,8 @@ def _source_dir(name: str) -> Path:
 
 
 def finished_stage(path: str | Path) -> dict | None:
-    """The metrics of a finished stage saved at ``path``, or None."""
+    """The metrics of a finished stage saved at ``path``, or None. A stage folder appears whole (``save_stage``), so
+    one that is there has finished; whether its settings are this run's is checked when the run is claimed."""
     marker = Path(path) / "pretrain_metrics.json"
     return json.loads(marker.read_text()) if marker.exists() else None
 

@@ -28,11 +28,21 @@ def save_run(run_dir: str | Path, cfg: Config, model, processor, metrics: dict, 
              state_dict: dict | None = None) -> Path:
     """Write config, metrics, model (+ merged export for adapters on request) and the model card.
 
+    Atomically (``hftl.rundir``): into a staging folder inside ``run_dir``, moved into place, then the completion
+    marker ``hftl_run.json``. A run directory this process holds (a recipe's claim) is written directly; any other is
+    claimed first by ``cfg``'s rules (``overwrite``, ``train.resume``), else RunDirError.
     ``state_dict``: the model's full weights when they are sharded over processes (FSDP, ZeRO-3), from
     ``accelerator.get_state_dict``; the model's own ``state_dict()`` would hold only this process's shards.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    from hftl.rundir import claim
+
+    with claim(cfg, path=run_dir) as run, run.final_save() as stage:
+        _write_run(stage, cfg, model, processor, metrics, facts, state_dict)
+    return Path(run_dir)
+
+
+def _write_run(run_dir: Path, cfg: Config, model, processor, metrics: dict, facts: dict, state_dict: dict | None):
+    """The run's files, into ``run_dir`` (the staging folder of the final save)."""
     save_config(cfg, run_dir / "config.yaml")
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
     model_dir = run_dir / "model"
@@ -49,10 +59,14 @@ def save_run(run_dir: str | Path, cfg: Config, model, processor, metrics: dict, 
 
 
 def load(path: str | Path, *, device: str | None = None, **kwargs):
-    """A trained model (full, or adapter + head on its base) and its processor, from a model directory."""
+    """A trained model (full, or adapter + head on its base) and its processor, from a model directory.
+
+    Raises RunDirError for the model of an hftl run that did not finish (no completion marker)."""
     from hftl.models import load_backbone, load_processor
+    from hftl.rundir import require_complete
 
     path = Path(path)
+    require_complete(path)  # a run that did not finish is not loaded as if it had
     if (path / "adapter_config.json").exists():
         from peft import PeftModel
 

@@ -438,10 +438,26 @@ def save_checkpoint(accelerator: Accelerator, ckpt_dir: Path, state: LoopState, 
             (tmp / "hftl_state.json").write_text(json.dumps(asdict(state)))
     if accelerator.is_main_process:
         tmp.rename(final)
-        for old in sorted(ckpt_dir.glob("step-*"))[:-max(keep, 1)]:
-            shutil.rmtree(old, ignore_errors=True)
+        remove_checkpoints(ckpt_dir, keep=max(keep, 1), partial=False)  # hftl's checkpoints only
     accelerator.wait_for_everyone()
     return final
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a folder this loop wrote: ``step-*`` with ``hftl_state.json``, or ``.tmp-step-*``."""
+    path, name = Path(path), Path(path).name
+    return path.is_dir() and (name.startswith(".tmp-step-") or name.startswith("step-")
+                              and (path / "hftl_state.json").is_file())
+
+
+def remove_checkpoints(ckpt_dir: str | Path, *, keep: int | None = 0, partial: bool = True) -> None:
+    """Delete hftl's checkpoints in ``ckpt_dir`` and nothing else (never the folder, nor what a user put there): the
+    complete ones but the ``keep`` newest (None: keep all), and the half-written ones when ``partial``."""
+    ckpt_dir = Path(ckpt_dir)
+    done = sorted(p for p in ckpt_dir.glob("step-*") if is_checkpoint(p))
+    doomed = [] if keep is None else done[:max(len(done) - keep, 0)]
+    for path in doomed + ([p for p in ckpt_dir.glob(".tmp-step-*") if is_checkpoint(p)] if partial else []):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def last_checkpoint(ckpt_dir: str | Path) -> Path | None:
@@ -462,12 +478,12 @@ def _load_tensors(path: Path) -> dict:
 
 
 def _start(accelerator: Accelerator, ckpt_dir: Path | None, resume: bool) -> tuple[LoopState, dict | None]:
-    """Load the last complete checkpoint when resuming; a fresh run deletes the folder's old checkpoints."""
+    """Load the last complete checkpoint when resuming; a fresh run deletes the folder's old checkpoints (hftl's
+    ``step-*`` and half-written ``.tmp-step-*`` folders only: anything else there stays)."""
     last = last_checkpoint(ckpt_dir) if ckpt_dir and resume else None
     accelerator.wait_for_everyone()  # every process has chosen before the main one cleans up
     if ckpt_dir and accelerator.is_main_process:
-        for path in [*ckpt_dir.glob(".tmp-*"), *([] if resume else [ckpt_dir])]:
-            shutil.rmtree(path, ignore_errors=True)
+        remove_checkpoints(ckpt_dir, keep=None if resume else 0)
     if last is None:
         if resume:
             accelerator.print(f"train.resume: no complete checkpoint in {ckpt_dir}, starting from the beginning")

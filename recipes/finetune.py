@@ -8,7 +8,8 @@
 Launcher settings (CPU, DDP, FSDP, DeepSpeed) are in recipes/accelerate/; train.batch_size is the effective batch
 whatever the number of processes. The strategy (``strategy.name``) is a config value: linear_probe, head, full,
 freeze_n, or any peft method.
-Writes the run directory (config.yaml, metrics.json, model/, README.md) to ``output_dir``.
+Writes the run directory (config.yaml, metrics.json, model/, README.md) to ``output_dir``: a new or empty folder,
+or an earlier run there with ``overwrite=true`` (replaced) or ``train.resume=true`` (continued); see hftl/rundir.py.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from hftl.config import Config
 from hftl.data import encode, modality_of
 from hftl.metrics import check_metrics
 from hftl.models import check_max_length
+from hftl.rundir import RunDir, claim
 from hftl.train import eval_batch, train_batch
 
 
@@ -30,6 +32,14 @@ def main(cfg: Config) -> dict:
     accelerator = hftl.make_accelerator(cfg.train)
     if cfg.hub.push and accelerator.is_main_process:  # fail before any training time is spent
         hftl.check_push_access(cfg.hub.repo_id)
+    run = claim(cfg, accelerator)  # before any model or data: output_dir is this run's, and one run writes there
+    try:
+        return _main(cfg, accelerator, run)
+    finally:
+        run.release()
+
+
+def _main(cfg: Config, accelerator, run: RunDir) -> dict:
     hftl.set_seed(cfg.train.seed)
     splits = hftl.load_splits(cfg.data)
     labels = hftl.label_names(splits)
@@ -60,7 +70,7 @@ def main(cfg: Config) -> dict:
         hftl.make_loader(encoded[s], eval_size, collate, shuffle=False, num_workers=cfg.train.num_workers)
         for s in ("validation", "test"))
     trained, state = hftl.fit(adapted.model, loader, val_loader, accelerator, cfg.train, cfg.eval.metrics,
-                              checkpoint_dir=f"{cfg.output_dir}/checkpoints", resume=cfg.train.resume)
+                              checkpoint_dir=run.checkpoints("checkpoints"), resume=cfg.train.resume)
     train_seconds = time.perf_counter() - start
     test_loader = accelerator.prepare(test_loader)
     metrics = {

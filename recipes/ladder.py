@@ -9,6 +9,7 @@ every k and seed of the frozen methods, and by a ``linear_probe`` full rung. The
 ``recipes/finetune.py`` with ``strategy.name`` (its run directory: ``output_dir/full``). Writes
 ``output_dir/config.yaml``, ``metrics.json`` (``zero_shot``, ``few_shot``, ``few_shot_transductive``, ``full``,
 ``majority``, ``cost``, ``seconds``) and ``ladder.png``. The zero- and few-shot stages run on the main process.
+``output_dir`` follows the run-directory rules of hftl/rundir.py (``overwrite``, ``train.resume``; ``full`` too).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from hftl.config import Config, ConfigError, save_config
 from hftl.features import cache_dir
 from hftl.metrics import check_metrics
 from hftl.models import check_max_length
+from hftl.rundir import RunDir, claim
 from hftl.shots import (
     ShotContext,
     check_ladder_data,
@@ -114,6 +116,14 @@ def main(cfg: Config) -> dict:
     if cfg.shots.full:  # the full rung runs last: its metric names are checked now
         check_metrics(cfg.eval.metrics, cfg.train.metric_for_best, trust_remote_code=cfg.model.trust_remote_code)
     accelerator = hftl.make_accelerator(cfg.train)
+    run = claim(cfg, accelerator)  # before any model or data: output_dir is this run's, and one run writes there
+    try:
+        return _main(cfg, accelerator, run, start)
+    finally:
+        run.release()
+
+
+def _main(cfg: Config, accelerator, run: RunDir, start: float) -> dict:
     hftl.set_seed(cfg.train.seed)
     splits = hftl.load_splits(cfg.data)
     labels, split = hftl.label_names(splits), cfg.shots.split
@@ -166,19 +176,19 @@ def main(cfg: Config) -> dict:
         from hftl.recipes import finetune
 
         t0 = time.perf_counter()
-        full = finetune.main(dataclasses.replace(cfg, output_dir=f"{cfg.output_dir}/full"))
+        full = finetune.main(dataclasses.replace(cfg, output_dir=f"{cfg.output_dir}/full"))  # a run of its own
         metrics["full"] = {k: full[k] for k in ("test", "validation", "train")}
         metrics["seconds"]["full"] = time.perf_counter() - t0
     metrics["seconds"]["total"] = time.perf_counter() - start
     if accelerator.is_main_process:
         out = Path(cfg.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
-        title = f"{cfg.model.name.split('/')[-1]} on {Path(cfg.data.name).name} ({split})"
-        from hftl.report import plot_ladder
+        with run.final_save() as stage:  # moved into place whole, then marked complete
+            save_config(cfg, stage / "config.yaml")
+            (stage / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
+            title = f"{cfg.model.name.split('/')[-1]} on {Path(cfg.data.name).name} ({split})"
+            from hftl.report import plot_ladder
 
-        plot_ladder(metrics, out / "ladder.png", title=title, full_label=f"all data, {cfg.strategy.name}")
+            plot_ladder(metrics, stage / "ladder.png", title=title, full_label=f"all data, {cfg.strategy.name}")
         accelerator.print(f"ladder written to {out}/metrics.json and ladder.png ({metrics['seconds']['total']:.0f} s)")
     return metrics
 

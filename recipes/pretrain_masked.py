@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -36,14 +35,14 @@ from hftl.pretraining import (
     load_masked_model,
     masked_datasets,
     masked_scores,
-    plot_history,
     save_stage,
     stage_strategy,
 )
+from hftl.rundir import RunDir, claim
 from hftl.train import eval_batch, train_batch
 
 
-def pretrain(cfg: Config, stage_dir: Path) -> dict:
+def pretrain(cfg: Config, stage_dir: Path, run: RunDir) -> dict:
     """The masked-modeling stage: train, save the model to ``stage_dir`` (Hub format), return its metrics."""
     p = cfg.pretrain
     stage_train = dataclasses.replace(cfg.train, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, head_lr=0.0,
@@ -71,7 +70,7 @@ def pretrain(cfg: Config, stage_dir: Path) -> dict:
                               num_workers=stage_train.num_workers)
     val_loader = hftl.make_loader(val, eval_batch(stage_train, accelerator), val_collate, shuffle=False)
     trained, state = hftl.fit(model, loader, val_loader, accelerator, stage_train, [],
-                              checkpoint_dir=f"{cfg.output_dir}/checkpoints-pretrain", resume=cfg.train.resume,
+                              checkpoint_dir=run.checkpoints("checkpoints-pretrain"), resume=cfg.train.resume,
                               evaluate_fn=masked_scores)
     if state.best_epoch < 1:  # a validation loss that never improved on -inf: NaN
         raise FloatingPointError(f"the masked stage's validation loss is not finite: {state.history[-1]}")
@@ -85,39 +84,45 @@ def pretrain(cfg: Config, stage_dir: Path) -> dict:
     state_dict = accelerator.get_state_dict(trained)
     if accelerator.is_main_process:
         save_stage(stage_dir, accelerator.unwrap_model(trained), processor, cfg.model.name, metrics,
-                   state_dict=state_dict)
-        plot_history(state.history, stage_dir / "history.png", f"{cfg.model.name}: {modality} masked stage")
+                   state_dict=state_dict, title=f"{cfg.model.name}: {modality} masked stage")
         accelerator.print(f"masked stage saved to {stage_dir} (Hub format): {metrics['validation']}")
     accelerator.wait_for_everyone()
     return metrics
 
 
 def main(cfg: Config) -> dict:
-    # only the main process writes; read from the launcher's RANK, not from an accelerate state made before the
-    # stage's own Accelerator (that would fix the state before make_accelerator sets up DDP on CPU)
-    out, writer = Path(cfg.output_dir), int(os.environ.get("RANK", "0")) == 0
     if cfg.pretrain.then_finetune:  # the fine-tuning's metrics, before the masked stage spends its compute
         check_metrics(cfg.eval.metrics, cfg.train.metric_for_best, trust_remote_code=cfg.model.trust_remote_code)
+    run = claim(cfg, hftl.make_accelerator(cfg.train))  # before any model or data; one run writes output_dir
+    try:
+        return _main(cfg, run)
+    finally:
+        run.release()
+
+
+def _main(cfg: Config, run: RunDir) -> dict:
+    out, writer = Path(cfg.output_dir), run.writer  # only the main process writes
     stage_dir = out / "pretrained"
     metrics = finished_stage(stage_dir) if cfg.train.resume else None
     if metrics is not None:
         print(f"train.resume: the masked stage is finished ({stage_dir}), skipping it")
     else:
-        metrics = pretrain(cfg, stage_dir)
+        metrics = pretrain(cfg, stage_dir, run)
     if not cfg.pretrain.then_finetune:
         if not writer:
             return {"pretrain": metrics}
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-        (out / "metrics.json").write_text(json.dumps({"pretrain": metrics}, indent=2, allow_nan=False))
+        with run.final_save() as stage:  # moved into place, then marked complete
+            save_config(cfg, stage / "config.yaml")
+            (stage / "metrics.json").write_text(json.dumps({"pretrain": metrics}, indent=2, allow_nan=False))
         return {"pretrain": metrics}
     from hftl.recipes.finetune import main as finetune
 
     tuned = finetune(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=str(stage_dir))))
     result = {"pretrain": metrics, **tuned}
     if writer:  # the fine-tuning run directory, with the first stage added
-        save_config(cfg, out / "config.yaml")
-        (out / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=False))
+        with run.final_save() as stage:
+            save_config(cfg, stage / "config.yaml")
+            (stage / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=False))
     return result
 
 

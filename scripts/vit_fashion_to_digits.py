@@ -18,6 +18,8 @@ import argparse
 import json
 from pathlib import Path
 
+from hftl.rundir import is_complete, is_run
+
 CONFIGS = Path(__file__).parent.parent / "recipes" / "configs" / "vision"
 ARMS = {  # name -> (start from the Fashion-MNIST model?, strategy, extra overrides)
     "scratch (full)": (False, "full", []),
@@ -66,14 +68,15 @@ def run(config: str, overrides: list[str]) -> dict:
 
     from hftl.config import load_config
 
-    return main(load_config(CONFIGS / config, overrides))
+    # the script's own run folders: a rerun replaces them (only the files hftl wrote there)
+    return main(load_config(CONFIGS / config, [*overrides, "overwrite=true"]))
 
 
 def main(out: Path, seeds: list[int], arms: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     inits = {s: tiny_vit(out / f"vit-tiny-init-{s}", s) for s in seeds}
     source = out / "fashion"
-    if not (source / "model" / "config.json").exists():
+    if not (is_complete(source) or not is_run(source) and (source / "model" / "config.json").exists()):
         run("vit-tiny-fashion-full.yaml", [f"model.name={inits[seeds[0]]}", f"output_dir={source}"])
     source_metrics = json.loads((source / "metrics.json").read_text())
     runs: dict[str, list[dict]] = {}

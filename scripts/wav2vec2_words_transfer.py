@@ -29,6 +29,7 @@ import random
 import statistics
 from pathlib import Path
 
+from hftl.rundir import is_complete, is_run
 from hftl.shots.stats import mean_sd
 
 ROOT = Path(__file__).parent.parent
@@ -123,7 +124,8 @@ def run(config: str, overrides: list[str]) -> dict:
 
     from hftl.config import load_config
 
-    return main(load_config(CONFIGS / config, overrides))
+    # the script's own run folders: a rerun replaces them (only the files hftl wrote there)
+    return main(load_config(CONFIGS / config, [*overrides, "overwrite=true"]))
 
 
 def run_once(config: str, overrides: list[str], folder: Path) -> dict:
@@ -184,7 +186,7 @@ def main(out: Path, seeds: list[int], k: int = 5, arms: list[str] | None = None)
     counts = make_data(out / "data")
     inits = {s: tiny_wav2vec2(out / f"w2v2-tiny-init-{s}", s) for s in seeds}
     source = out / "source"
-    if not (source / "model" / "config.json").exists():
+    if not (is_complete(source) or not is_run(source) and (source / "model" / "config.json").exists()):
         run(
             "wav2vec2-tiny-words-source-full.yaml",
             [f"model.name={inits[seeds[0]]}", f"output_dir={source}", *splits(out / "data" / "source")],

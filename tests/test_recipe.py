@@ -82,9 +82,10 @@ def test_linear_probe_computes_features_once(tiny_cfg, tmp_path, monkeypatch):
     main(load_config(None, [*tiny_cfg, "strategy.name=linear_probe", "train.epochs=5"]))
     assert len(calls) == 3  # train, validation, test: once each, whatever the number of epochs
     features._MEMORY.clear()
-    main(load_config(None, [*tiny_cfg, "strategy.name=linear_probe", "train.epochs=3", "train.lr=0.01"]))
+    main(load_config(None, [*tiny_cfg, "strategy.name=linear_probe", "train.epochs=3", "train.lr=0.01",
+                            "overwrite=true"]))
     assert len(calls) == 3  # a second run (new process: memory empty) reuses the disk cache
-    main(load_config(None, [*tiny_cfg, "strategy.name=linear_probe", "model.max_length=4"]))
+    main(load_config(None, [*tiny_cfg, "strategy.name=linear_probe", "model.max_length=4", "overwrite=true"]))
     assert len(calls) == 6  # other preprocessing: other inputs, so a new key; the stale cache is not used
 
 

@@ -77,11 +77,15 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model, tiny_csv, tm
 
 
 def test_fresh_run_replaces_old_checkpoints(tiny_model, tiny_csv, tmp_path):
-    """train.resume=false starts over: checkpoints of an earlier run in the same output_dir are not mixed in."""
+    """overwrite=true starts over: checkpoints of an earlier run in the same output_dir are not mixed in, and what
+    hftl did not write in the checkpoint folder stays."""
     overrides = [*_overrides(tiny_model, tiny_csv, "head", tmp_path / "run"), "train.epochs=1"]
-    stale = tmp_path / "run" / "checkpoints" / "step-00000099"
-    stale.mkdir(parents=True)
-    (stale / "hftl_state.json").write_text("{}")
     main(load_config(None, overrides))
-    assert last_checkpoint(tmp_path / "run" / "checkpoints").name == "step-00000009"
-    assert not stale.exists()
+    checkpoints = tmp_path / "run" / "checkpoints"
+    stale = checkpoints / "step-00000099"  # as a longer earlier run would have left
+    stale.mkdir()
+    (stale / "hftl_state.json").write_text("{}")
+    (checkpoints / "notes.txt").write_text("mine")
+    main(load_config(None, [*overrides, "overwrite=true"]))
+    assert last_checkpoint(checkpoints).name == "step-00000009"
+    assert not stale.exists() and (checkpoints / "notes.txt").read_text() == "mine"

@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from hftl.config import ShotsConfig, check_fields, check_shots
+from hftl.config import ConfigError, ShotsConfig, check_fields, check_shots
 from hftl.shots import tuned  # noqa: F401 - registers setfit and lora
 from hftl.shots.fewshot import (
     METHODS,
