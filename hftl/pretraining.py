@@ -127,11 +127,11 @@ def unlabeled_texts(data: DataConfig, sources: list[str], column: str = "text") 
             df = pd.read_csv(assets.data_file("rotten_tomatoes"))
             texts += df.loc[df["category"] == "plot", "text"].dropna().astype(str).tolist()
         elif source.endswith(".txt"):
-            texts += [line for line in Path(source).read_text().splitlines() if line.strip()]
+            texts += [line for line in Path(source).read_text(encoding=data.encoding).splitlines() if line.strip()]
         else:
             from hftl.data.sources import load_source
 
-            raw, col, _ = load_source(DataConfig(name=source, text_column=data.text_column))
+            raw, col, _ = load_source(DataConfig(name=source, text_column=data.text_column, encoding=data.encoding))
             texts += [str(t) for t in raw["train"][col]]
     return texts
 

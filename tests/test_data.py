@@ -4,6 +4,7 @@ import pytest
 
 from hftl.config import DataConfig
 from hftl.data import DataError, LengthGroupedBatches, label_names, load_splits
+from hftl.data.splits import split_overlaps
 
 
 def _write(path, rows, fields=("text", "label")):
@@ -81,6 +82,7 @@ def test_rotten_tomatoes_embedded_split():
     assert label_names(splits) == ["rotten", "fresh"]
     fresh = sum(splits["test"]["label"]) / len(splits["test"])
     assert abs(fresh - 7368 / 12751) < 0.002  # stratified
+    assert split_overlaps(splits, "text") == {}  # no review in two splits
 
 
 @pytest.mark.parametrize("shuffle", [True, False])

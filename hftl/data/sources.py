@@ -123,10 +123,13 @@ EMBEDDED = {"rotten_tomatoes": _rotten_tomatoes, "fashion_mnist": _fashion_mnist
 NO_FLIP = {"mnist_digits"}
 
 
-def _root_cause(err: BaseException) -> BaseException:
-    while err.__cause__ is not None or err.__context__ is not None:
+def _causes(err: BaseException) -> list[BaseException]:
+    """The error and what it was raised from or during, outermost first."""
+    chain = [err]
+    while (err.__cause__ or err.__context__) is not None and len(chain) < 20:
         err = err.__cause__ or err.__context__
-    return err
+        chain.append(err)
+    return chain
 
 
 def _load_file(path: str, encoding: str = "utf-8") -> Dataset:
@@ -143,10 +146,12 @@ def _load_file(path: str, encoding: str = "utf-8") -> Dataset:
     except Exception as err:  # noqa: BLE001 - datasets wraps the reader's error in its own types
         if "corresponds to no data" in str(err):  # a header and no rows
             return Dataset.from_dict({})
-        cause = _root_cause(err)
-        if isinstance(cause, UnicodeError) or isinstance(err, UnicodeError):
+        chain = _causes(err)
+        cause = chain[-1]
+        decoding = [e for e in chain if isinstance(e, UnicodeError) or "invalid utf8" in str(e).lower()]
+        if decoding:
             raise DataError(
-                f"data file {path} is not valid {encoding} ({cause}): set data.encoding to the file's encoding "
+                f"data file {path} is not valid {encoding} ({decoding[0]}): set data.encoding to the file's encoding "
                 f"(e.g. data.encoding=latin-1 or cp1252), or save the file as UTF-8"
             ) from err
         raise DataError(f"cannot read data file {path}: {type(cause).__name__}: {cause}") from err

@@ -74,7 +74,7 @@ def stratified_subset(ds: Dataset, n: int, seed: int, label: str = "label") -> D
     if label != "label":
         return ds.train_test_split(train_size=n, stratify_by_column=label, seed=seed)["train"]
     fix = "add examples of it, or set data.max_train_samples=0 to keep all of train"
-    return _stratified(ds, seed, "in train", f"data.max_train_samples={n}", fix, train_size=n)["train"]
+    return _stratified(ds, seed, "in train", f"data.max_train_samples (now {n})", fix, train_size=n)["train"]
 
 
 def _array_rows(ds: Dataset, column: str) -> np.ndarray:
@@ -177,13 +177,13 @@ def load_splits(cfg: DataConfig) -> DatasetDict:
             raw = DatasetDict({k: v.rename_column(old, new) for k, v in raw.items()})
     raw = DatasetDict({k: v.add_column(KEY, _keys_or_none(v, kind)) for k, v in raw.items()})  # before splitting
     if "test" not in raw:
-        parts = _stratified(raw["train"], cfg.split_seed, "in the data", f"data.test_size={cfg.test_size}",
+        parts = _stratified(raw["train"], cfg.split_seed, "in the data", f"data.test_size (now {cfg.test_size})",
                             test_size=cfg.test_size)
         raw["train"], raw["test"] = parts["train"], parts["test"]
     if "validation" not in raw:
         size = cfg.validation_size / (1 - cfg.test_size)
         parts = _stratified(raw["train"], cfg.split_seed, "in train after the test split",
-                            f"data.validation_size={cfg.validation_size}", test_size=size)
+                            f"data.validation_size (now {cfg.validation_size})", test_size=size)
         raw["train"], raw["validation"] = parts["train"], parts["test"]
     raw["train"] = stratified_subset(raw["train"], cfg.max_train_samples, cfg.split_seed)
     splits = DatasetDict({k: raw[k] for k in SPLITS})
