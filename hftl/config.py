@@ -194,6 +194,7 @@ class DataConfig:
     encoding: str = _f("utf-8", "Text encoding of CSV/TSV/JSON data files (e.g. latin-1, cp1252, utf-16).")
 
     def __post_init__(self) -> None:
+        check_fields(self, "data.")
         import codecs
 
         try:
@@ -202,9 +203,6 @@ class DataConfig:
             raise ConfigError(
                 f"data.encoding={self.encoding!r} is not a known text encoding; use e.g. utf-8, latin-1 or cp1252"
             ) from None
-
-    def __post_init__(self) -> None:
-        check_fields(self, "data.")
 
 
 @dataclass

@@ -189,6 +189,18 @@ def load_processor(name: str, revision: str = "main", trust_remote_code: bool = 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def model_config(name: str, kwargs: dict):
+    """``AutoConfig.from_pretrained(name, **kwargs)`` (kwargs from ``resolve``), whose failure for custom code or an
+    unknown model type names the fix: ConfigError (``model.trust_remote_code=true``) or ModelNotFoundError."""
+    try:
+        return AutoConfig.from_pretrained(name, **kwargs)
+    except (ValueError, KeyError) as err:
+        problem = custom_code_problem(name, kwargs)
+        if problem is None:
+            raise
+        raise problem from err
+
+
 def load_backbone(name: str, revision: str = "main", trust_remote_code: bool = False, dtype: str = "float32"):
     """The bare pretrained encoder (no task head) and the loading kwargs used.
 
@@ -196,13 +208,7 @@ def load_backbone(name: str, revision: str = "main", trust_remote_code: bool = F
     the model needs ``model.trust_remote_code=true``, ModelNotFoundError when transformers does not know it.
     """
     kwargs = resolve(name, revision, trust_remote_code)
-    try:
-        config = AutoConfig.from_pretrained(name, **kwargs)
-    except (ValueError, KeyError) as err:
-        problem = custom_code_problem(name, kwargs)
-        if problem is None:
-            raise
-        raise problem from err
+    config = model_config(name, kwargs)
     if getattr(config, "model_type", None) == "hftl":  # a run of ours: its backbone is what transfers on
         return HftlForClassification.from_pretrained(name, dtype=_DTYPES[dtype], **kwargs).backbone, kwargs
     backbone = encoder_of(AutoModel.from_pretrained(name, dtype=_DTYPES[dtype], **kwargs))
@@ -303,8 +309,7 @@ def check_max_length(model_cfg, processor, config=None) -> None:
     if not isinstance(processor, PreTrainedTokenizerBase):
         return
     if config is None:
-        kwargs = resolve(model_cfg.name, model_cfg.revision, model_cfg.trust_remote_code)
-        config = AutoConfig.from_pretrained(model_cfg.name, **kwargs)
+        config = model_config(model_cfg.name, resolve(model_cfg.name, model_cfg.revision, model_cfg.trust_remote_code))
     limit, why = max_positions(config, processor)
     if limit is not None and model_cfg.max_length > limit:
         from hftl.config import ConfigError

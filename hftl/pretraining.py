@@ -59,12 +59,11 @@ def load_masked_model(name: str, modality: str, *, revision: str = "main", trust
         ['cls.predictions.bias']
     """
     import transformers
-    from transformers import AutoConfig
 
-    from hftl.models import resolve
+    from hftl.models import model_config, resolve
 
     kwargs = resolve(name, revision, trust_remote_code)
-    config = AutoConfig.from_pretrained(name, **kwargs)
+    config = model_config(name, kwargs)  # custom code: names model.trust_remote_code
     if modality == "vision" and hasattr(config, "encoder_stride") and hasattr(config, "patch_size"):
         config.encoder_stride = config.patch_size
     auto = getattr(transformers, AUTO_CLASS[modality])

@@ -71,7 +71,7 @@ def tiny_gpt2_model(path: str | Path, seed: int = 0) -> str:
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", unk_token="<unk>")
     config = AutoConfig.for_model(
-        "gpt2", vocab_size=len(vocab), n_embd=32, n_layer=2, n_head=2, n_positions=64, bos_token_id=0, eos_token_id=0
+        "gpt2", vocab_size=len(vocab), n_embd=32, n_layer=2, n_head=2, n_positions=512, bos_token_id=0, eos_token_id=0
     )
     AutoModel.from_config(config).save_pretrained(path)
     tokenizer.save_pretrained(path)

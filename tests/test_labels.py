@@ -267,8 +267,12 @@ def test_unreadable_test_split_is_refused_before_training(tmp_path):
 def test_label_descriptions_with_number_keys_reach_their_classes():
     from hftl.shots.zero_shot import class_prompts
 
-    prompts = class_prompts(["0", "1"], {0: "a bad review", 1: "a good review"}, ["{}"])
-    assert prompts == [["a bad review"], ["a good review"]]
+    from hftl.config import ShotsConfig
+    from hftl.shots import check_ladder_data
+
+    descriptions = {0: "a bad review", 1: "a good review"}  # as YAML reads `0: a bad review`
+    check_ladder_data(ShotsConfig(ks=[1], label_descriptions=descriptions), ["0", "1"], [0, 1, 0, 1])
+    assert class_prompts(["0", "1"], descriptions, ["{}"]) == [["a bad review"], ["a good review"]]
 
 
 # --- kind 5: models ------------------------------------------------------------------------------------------------
@@ -307,7 +311,8 @@ def test_gpt2_style_model_finetunes(tiny_cfg, tmp_path):
 def test_custom_code_names_trust_remote_code(tiny_model, tmp_path):
     import shutil
 
-    from hftl.models import ModelNotFoundError, load_classifier
+    from hftl.config import ModelConfig
+    from hftl.models import ModelNotFoundError, check_max_length, load_classifier, load_processor
 
     path = tmp_path / "custom"
     shutil.copytree(tiny_model, path)
@@ -316,6 +321,8 @@ def test_custom_code_names_trust_remote_code(tiny_model, tmp_path):
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match=r"ships its own code.*set model.trust_remote_code=true"):
         load_classifier(str(path), 2)
+    with pytest.raises(ConfigError, match=r"ships its own code.*set model.trust_remote_code=true"):
+        check_max_length(ModelConfig(name=str(path)), load_processor(str(path)))
     del config["auto_map"]
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelNotFoundError, match=r"model_type 'xmodel'.*pip install -U transformers.*trust_remote"):
