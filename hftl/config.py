@@ -191,9 +191,23 @@ class DataConfig:
     max_seconds: float = _f(10.0, "Speech: clips are cut to this many seconds (and padded per batch).", range="> 0")
     augment: bool = _f(True, "Images: random resized crop (+ flip where it keeps the class) for training; never "
                              "for cached features.")
+    missing_labels: str = _f(
+        "error",
+        "Rows whose label is empty, None or NaN: error (name them and stop) or drop (drop them, logging the count).",
+        ("error", "drop"),
+    )
+    encoding: str = _f("utf-8", "Text encoding of CSV/TSV/JSON data files (e.g. latin-1, cp1252, utf-16).")
 
     def __post_init__(self) -> None:
         check_fields(self, "data.")
+        import codecs
+
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ConfigError(
+                f"data.encoding={self.encoding!r} is not a known text encoding; use e.g. utf-8, latin-1 or cp1252"
+            ) from None
 
 
 @dataclass

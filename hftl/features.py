@@ -7,7 +7,7 @@ seed of a few-shot ladder, then costs no backbone forward pass.
 Example:
     >>> feats = cached_features(model, encoded["train"], collate, accelerator)  # doctest: +SKIP
     >>> feats["features"].shape  # doctest: +SKIP
-    torch.Size([10246, 384])
+    torch.Size([10200, 384])
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, PreTrainedModel
 
 from hftl import assets
+from hftl.config import ConfigError
 from hftl.modeling import HftlForClassification, default_pooling, encoder_of
 
 log = logging.getLogger(__name__)
@@ -106,29 +107,130 @@ def sentence_pooling(name: str, kwargs: dict) -> str | None:
     return None
 
 
+def _config_json(name: str, kwargs: dict) -> dict:
+    """The model's config.json as a dict, from its folder or the Hub cache; {} when it cannot be read."""
+    path = Path(name) / "config.json"
+    if not Path(name).exists():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name, "config.json", revision=kwargs.get("revision"))
+        path = Path(cached) if isinstance(cached, str) else None
+    try:
+        return json.loads(path.read_text()) if path else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def custom_code_problem(name: str, kwargs: dict) -> Exception | None:
+    """Why transformers cannot load this model with its own code, named with the key that fixes it; else None.
+
+    A config with ``auto_map`` ships its own modeling code (runs only with ``model.trust_remote_code=true``); a
+    ``model_type`` that transformers does not know needs a newer transformers or that code.
+    """
+    from transformers import CONFIG_MAPPING, __version__
+
+    config = _config_json(name, kwargs)
+    model_type = config.get("model_type")
+    if config.get("auto_map") and not kwargs.get("trust_remote_code"):
+        return ConfigError(
+            f"model {name!r} ships its own code (config.json auto_map: {sorted(config['auto_map'])}), which hftl "
+            f"runs only when told: set model.trust_remote_code=true if you trust that repository"
+        )
+    if model_type and model_type not in CONFIG_MAPPING and model_type != "hftl":
+        return ModelNotFoundError(
+            f"model {name!r} has model_type {model_type!r}, which transformers {__version__} does not know: "
+            f"upgrade it (pip install -U transformers), or set model.trust_remote_code=true if the repository "
+            f"ships its own code"
+        )
+    return None
+
+
+def ensure_pad_token(processor, name: str = "the model", quiet: bool = False):
+    """A tokenizer without a pad token (GPT-2 style) pads with its eos token (else unk); logged. Returns it.
+
+    The attention mask keeps padding out of attention and pooling; ``load_backbone`` gives the model's config the
+    same ``pad_token_id``. Raises ModelNotFoundError when the tokenizer has no pad, eos or unk token.
+    """
+    from transformers import PreTrainedTokenizerBase
+
+    tokenizer = processor if isinstance(processor, PreTrainedTokenizerBase) else getattr(processor, "tokenizer", None)
+    if not isinstance(tokenizer, PreTrainedTokenizerBase) or tokenizer.pad_token is not None:
+        return processor
+    for attr in ("eos_token", "unk_token"):
+        token = getattr(tokenizer, attr, None)
+        if token is not None:
+            tokenizer.pad_token = token
+            if not quiet:
+                log.warning("the tokenizer of %s has no pad token: padding with its %s %r (id %d)", name,
+                            attr.removesuffix("_token"), token, tokenizer.pad_token_id)
+            return processor
+    raise ModelNotFoundError(f"the tokenizer of {name!r} has no pad, eos or unk token to pad batches with: "
+                             f"give model.name a model whose tokenizer has one")
+
+
 def load_processor(name: str, revision: str = "main", trust_remote_code: bool = False):
-    """The tokenizer, image processor or feature extractor that goes with a model."""
+    """The tokenizer, image processor or feature extractor that goes with a model.
+
+    A tokenizer without a pad token pads with its eos token (``ensure_pad_token``). Raises ModelNotFoundError
+    (or ConfigError for code that needs ``model.trust_remote_code=true``) when none loads.
+    """
     from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoProcessor, AutoTokenizer
 
     kwargs = resolve(name, revision, trust_remote_code)
     for auto in (AutoTokenizer, AutoImageProcessor, AutoFeatureExtractor, AutoProcessor):
         try:
-            return auto.from_pretrained(name, **kwargs)
+            processor = auto.from_pretrained(name, **kwargs)
         except (OSError, ValueError, KeyError, TypeError):
             continue
-    raise ModelNotFoundError(f"no tokenizer or processor found for {name!r}")
+        return ensure_pad_token(processor, name)
+    raise custom_code_problem(name, kwargs) or ModelNotFoundError(f"no tokenizer or processor found for {name!r}")
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def model_config(name: str, kwargs: dict):
+    """``AutoConfig.from_pretrained(name, **kwargs)`` (kwargs from ``resolve``), whose failure for custom code or an
+    unknown model type names the fix: ConfigError (``model.trust_remote_code=true``) or ModelNotFoundError."""
+    try:
+        return AutoConfig.from_pretrained(name, **kwargs)
+    except (ValueError, KeyError) as err:
+        problem = custom_code_problem(name, kwargs)
+        if problem is None:
+            raise
+        raise problem from err
+
+
 def load_backbone(name: str, revision: str = "main", trust_remote_code: bool = False, dtype: str = "float32"):
-    """The bare pretrained encoder (no task head) and the loading kwargs used."""
+    """The bare pretrained encoder (no task head) and the loading kwargs used.
+
+    A text model without a pad token id gets its tokenizer's (see ``ensure_pad_token``). Raises ConfigError when
+    the model needs ``model.trust_remote_code=true``, ModelNotFoundError when transformers does not know it.
+    """
     kwargs = resolve(name, revision, trust_remote_code)
-    config = AutoConfig.from_pretrained(name, **kwargs)
+    config = model_config(name, kwargs)
     if getattr(config, "model_type", None) == "hftl":  # a run of ours: its backbone is what transfers on
         return HftlForClassification.from_pretrained(name, dtype=_DTYPES[dtype], **kwargs).backbone, kwargs
-    return encoder_of(AutoModel.from_pretrained(name, dtype=_DTYPES[dtype], **kwargs)), kwargs
+    backbone = encoder_of(AutoModel.from_pretrained(name, dtype=_DTYPES[dtype], **kwargs))
+    _match_pad_token(backbone.config, name, kwargs)
+    return backbone, kwargs
+
+
+def _match_pad_token(config, name: str, kwargs: dict) -> None:
+    """A text model without ``pad_token_id`` takes the one its tokenizer pads with (eos for GPT-2 style models)."""
+    if getattr(config, "pad_token_id", 0) is not None or not getattr(config, "vocab_size", None):
+        return
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no tokenizer here: whoever pads the inputs decides
+    ensure_pad_token(tokenizer, name, quiet=True)
+    if tokenizer.pad_token_id is None:
+        return
+    config.pad_token_id = tokenizer.pad_token_id
+    log.info("model %s: pad_token_id set to %d, the id its tokenizer pads with", name, config.pad_token_id)
 
 
 def load_classifier(
@@ -207,8 +309,7 @@ def check_max_length(model_cfg, processor, config=None) -> None:
     if not isinstance(processor, PreTrainedTokenizerBase):
         return
     if config is None:
-        kwargs = resolve(model_cfg.name, model_cfg.revision, model_cfg.trust_remote_code)
-        config = AutoConfig.from_pretrained(model_cfg.name, **kwargs)
+        config = model_config(model_cfg.name, resolve(model_cfg.name, model_cfg.revision, model_cfg.trust_remote_code))
     limit, why = max_positions(config, processor)
     if limit is not None and model_cfg.max_length > limit:
         from hftl.config import ConfigError

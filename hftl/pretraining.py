@@ -59,12 +59,11 @@ def load_masked_model(name: str, modality: str, *, revision: str = "main", trust
         ['cls.predictions.bias']
     """
     import transformers
-    from transformers import AutoConfig
 
-    from hftl.models import resolve
+    from hftl.models import model_config, resolve
 
     kwargs = resolve(name, revision, trust_remote_code)
-    config = AutoConfig.from_pretrained(name, **kwargs)
+    config = model_config(name, kwargs)  # custom code: names model.trust_remote_code
     if modality == "vision" and hasattr(config, "encoder_stride") and hasattr(config, "patch_size"):
         config.encoder_stride = config.patch_size
     auto = getattr(transformers, AUTO_CLASS[modality])
@@ -127,11 +126,11 @@ def unlabeled_texts(data: DataConfig, sources: list[str], column: str = "text") 
             df = pd.read_csv(assets.data_file("rotten_tomatoes"))
             texts += df.loc[df["category"] == "plot", "text"].dropna().astype(str).tolist()
         elif source.endswith(".txt"):
-            texts += [line for line in Path(source).read_text().splitlines() if line.strip()]
+            texts += [line for line in Path(source).read_text(encoding=data.encoding).splitlines() if line.strip()]
         else:
             from hftl.data.sources import load_source
 
-            raw, col, _ = load_source(DataConfig(name=source, text_column=data.text_column))
+            raw, col, _ = load_source(DataConfig(name=source, text_column=data.text_column, encoding=data.encoding))
             texts += [str(t) for t in raw["train"][col]]
     return texts
 

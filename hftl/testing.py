@@ -59,6 +59,25 @@ def tiny_text_model(path: str | Path, seed: int = 0, model_type: str = "bert", d
     return str(path)
 
 
+def tiny_gpt2_model(path: str | Path, seed: int = 0) -> str:
+    """A 2-layer, 32-wide GPT-2 whose word-level tokenizer has an eos token and no pad token, as GPT-2's has none."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoConfig, AutoModel, PreTrainedTokenizerFast
+
+    torch.manual_seed(seed)
+    vocab = ["<|endoftext|>", "<unk>"] + sorted({w for ws in WORDS.values() for w in ws})
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", unk_token="<unk>")
+    config = AutoConfig.for_model(
+        "gpt2", vocab_size=len(vocab), n_embd=32, n_layer=2, n_head=2, n_positions=512, bos_token_id=0, eos_token_id=0
+    )
+    AutoModel.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
 def tiny_text_rows(n: int = 120, seed: int = 0, labels=("neg", "pos")) -> list[dict]:
     """Short sentences whose label is told by their sentiment words."""
     rng = random.Random(seed)

@@ -26,7 +26,7 @@ import hftl
 from hftl.config import Config, ConfigError, save_config
 from hftl.features import cache_dir
 from hftl.metrics import check_metrics
-from hftl.models import check_max_length
+from hftl.models import check_max_length, model_config
 from hftl.rundir import RunDir, claim
 from hftl.shots import (
     ShotContext,
@@ -99,11 +99,9 @@ def preflight(cfg: Config, labels: list[str], train_labels, processor) -> None:
     """Everything that would fail after the first rungs, refused before any: k above a class's count, unknown
     label descriptions, peft arguments, a max_length above the model's positions, NLI zero-shot on a model without
     an entailment label (the full rung's metrics are checked before the data loads)."""
-    from transformers import AutoConfig
-
     check_ladder_data(cfg.shots, labels, train_labels)
-    config = AutoConfig.from_pretrained(cfg.model.name, **hftl.resolve(cfg.model.name, cfg.model.revision,
-                                                                      cfg.model.trust_remote_code))
+    config = model_config(cfg.model.name, hftl.resolve(cfg.model.name, cfg.model.revision,  # names trust_remote_code
+                                                       cfg.model.trust_remote_code))
     check_max_length(cfg.model, processor, config)
     if cfg.shots.zero_shot == "nli" and not is_nli_model(config):
         raise ConfigError(f"shots.zero_shot=nli but {cfg.model.name} has no entailment label "

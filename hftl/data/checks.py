@@ -21,13 +21,25 @@ def input_name(value) -> str:
 
 
 def drop_unreadable(ds: Dataset, column: str, check, split: str) -> tuple[Dataset, int]:
-    """Rows whose input ``check`` reports a problem for are dropped, each logged by file name; returns the count."""
-    bad = []
-    for i, value in enumerate(ds[column]):
+    """Rows whose input ``check`` reports a problem for are dropped, each logged by file name; returns the count.
+
+    Raises DataError, before any training, when every input of the split is unreadable: an empty test split
+    would otherwise end the run after all of its training.
+    """
+    bad, first = [], None
+    for i, value in enumerate(ds[column][:]):
         problem = check(value)
         if problem:
             log.warning("skipping %s in split %r: %s", input_name(value), split, problem)
             bad.append(i)
+            first = first or f"{input_name(value)}: {problem}"
+    if bad and len(bad) == len(ds):
+        from hftl.data.sources import DataError
+
+        raise DataError(
+            f"every input of split {split!r} is unreadable ({len(bad)} of {len(ds)}; first {first}): fix or replace "
+            f"those files, or point data.splits.{split} at readable ones"
+        )
     if bad:
         log.warning("skipped %d unreadable file(s) in split %r", len(bad), split)
         ds = ds.select(sorted(set(range(len(ds))) - set(bad)))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from datasets import Array2D, ClassLabel, Dataset, DatasetDict, Features, load_d
 from hftl import assets
 from hftl.config import DataConfig
 
+log = logging.getLogger(__name__)
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus")
@@ -47,11 +49,31 @@ class DataError(ValueError):
     """The data does not fit the config: the message names the column, split or label."""
 
 
+def text_key(text: str) -> str:
+    """What makes two texts the same example: equal up to case and spacing."""
+    return " ".join(str(text).split()).casefold()
+
+
+def dedupe_texts(df, text: str = "text", label: str = "label"):
+    """Rows of a pandas frame with each text once (the first kept); texts seen with two labels are dropped whole.
+
+    Returns the frame and the number of rows removed.
+    """
+    key = df[text].map(text_key)
+    conflicting = key.map(df.groupby(key)[label].nunique()) > 1
+    keep = ~key.duplicated() & ~conflicting
+    return df[keep].reset_index(drop=True), int(len(df) - keep.sum())
+
+
 def _rotten_tomatoes() -> tuple[DatasetDict, str, str]:
+    """The 12,808 fresh/rotten reviews, less 57 repeats: a review text that occurs twice (56 verbatim, one in
+    another case) is kept once, so that no review lands in two splits (a text under two labels would be dropped)."""
     import pandas as pd
 
     df = pd.read_csv(assets.data_file("rotten_tomatoes"))
     df = df[df["category"].isin(["fresh", "rotten"])].reset_index(drop=True)
+    df, removed = dedupe_texts(df, "text", "category")
+    log.info("rotten_tomatoes: %d repeated review(s) removed before splitting; %d remain", removed, len(df))
     ds = Dataset.from_dict({"text": df["text"].astype(str).tolist(), "label": df["category"].tolist()})
     ds = ds.cast_column("label", ClassLabel(names=["rotten", "fresh"]))
     return DatasetDict(train=ds), "text", "label"
@@ -101,19 +123,38 @@ EMBEDDED = {"rotten_tomatoes": _rotten_tomatoes, "fashion_mnist": _fashion_mnist
 NO_FLIP = {"mnist_digits"}
 
 
-def _load_file(path: str) -> Dataset:
+def _causes(err: BaseException) -> list[BaseException]:
+    """The error and what it was raised from or during, outermost first."""
+    chain = [err]
+    while (err.__cause__ or err.__context__) is not None and len(chain) < 20:
+        err = err.__cause__ or err.__context__
+        chain.append(err)
+    return chain
+
+
+def _load_file(path: str, encoding: str = "utf-8") -> Dataset:
     suffix = Path(path).suffix.lower()
     if suffix not in FILE_BUILDERS:
         raise DataError(f"cannot read {path}: use one of {sorted(FILE_BUILDERS)}")
     if not Path(path).is_file():
         raise DataError(f"data file {path} does not exist")
     kwargs = {"delimiter": "\t"} if suffix == ".tsv" else {}
+    if FILE_BUILDERS[suffix] != "parquet":
+        kwargs["encoding"] = encoding
     try:
         ds = load_dataset(FILE_BUILDERS[suffix], data_files=path, split="train", **kwargs)
-    except ValueError as err:
+    except Exception as err:  # noqa: BLE001 - datasets wraps the reader's error in its own types
         if "corresponds to no data" in str(err):  # a header and no rows
             return Dataset.from_dict({})
-        raise DataError(f"cannot read data file {path}: {err}") from err
+        chain = _causes(err)
+        cause = chain[-1]
+        decoding = [e for e in chain if isinstance(e, UnicodeError) or "invalid utf8" in str(e).lower()]
+        if decoding:
+            raise DataError(
+                f"data file {path} is not valid {encoding} ({decoding[0]}): set data.encoding to the file's encoding "
+                f"(e.g. data.encoding=latin-1 or cp1252), or save the file as UTF-8"
+            ) from err
+        raise DataError(f"cannot read data file {path}: {type(cause).__name__}: {cause}") from err
     return _absolute_paths(ds, Path(path).parent)
 
 
@@ -144,9 +185,9 @@ def load_source(cfg: DataConfig) -> tuple[DatasetDict, str, str]:
     if cfg.splits:
         if "train" not in cfg.splits:
             raise DataError(f"data.splits must name a train split; got {sorted(cfg.splits)}")
-        raw = DatasetDict({k: _load_file(v) for k, v in cfg.splits.items()})
+        raw = DatasetDict({k: _load_file(v, cfg.encoding) for k, v in cfg.splits.items()})
     elif Path(cfg.name).suffix.lower() in FILE_BUILDERS:
-        raw = DatasetDict(train=_load_file(cfg.name))
+        raw = DatasetDict(train=_load_file(cfg.name, cfg.encoding))
     elif Path(cfg.name).is_dir():
         raw = _imagefolder(cfg.name)
     else:
@@ -158,6 +199,15 @@ def load_source(cfg: DataConfig) -> tuple[DatasetDict, str, str]:
                 f"file ({', '.join(FILE_BUILDERS)}), an image folder, or a Hub id on a connected machine"
             ) from err
     return raw, input_column(raw, cfg), cfg.label_column
+
+
+def source_files(cfg: DataConfig) -> dict[str, str]:
+    """Split name -> the data file it is read from, for messages that name rows; empty for other sources."""
+    if cfg.splits:
+        return {str(k): str(v) for k, v in cfg.splits.items()}
+    if cfg.name not in EMBEDDED and Path(cfg.name).suffix.lower() in FILE_BUILDERS:
+        return {"train": cfg.name}
+    return {}
 
 
 def input_column(raw: DatasetDict, cfg: DataConfig) -> str:

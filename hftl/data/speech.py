@@ -88,7 +88,12 @@ def encode_audio(splits: DatasetDict, extractor, *, max_seconds: float = 10.0):
     for name, ds in splits.items():
         ds = ds.select_columns(["audio", "label"])
         if ds.features["audio"].dtype not in ("string", "large_string"):
-            raise ValueError(f"split {name!r}: the audio column must hold file paths, not {ds.features['audio']}")
+            from hftl.data.sources import DataError
+
+            raise DataError(
+                f"split {name!r}: the audio column must hold file paths, not {ds.features['audio']}; set "
+                f"data.input_column to a column of .wav/.flac/.ogg paths"
+            )
         ds, skipped[name] = drop_unreadable(ds, "audio", _checker(rate, max_seconds), name)
         ds = ds.add_column("preprocess", [key] * len(ds))
         ds.set_transform(AudioTransform(rate, max_seconds))

@@ -6,34 +6,26 @@ Every recipe and benchmark that asks for the same data gets the same examples.
 Example:
     >>> splits = load_splits(DataConfig(name="rotten_tomatoes"))  # doctest: +SKIP
     >>> {k: len(v) for k, v in splits.items()}  # doctest: +SKIP
-    {'train': 10246, 'validation': 1281, 'test': 1281}
+    {'train': 10200, 'validation': 1275, 'test': 1276}
 """
 
 from __future__ import annotations
 
-from datasets import ClassLabel, Dataset, DatasetDict
+import hashlib
+import logging
+from collections import Counter
+
+import numpy as np
+from datasets import Dataset, DatasetDict
 
 from hftl.config import DataConfig
-from hftl.data.sources import DataError, input_kind, load_source
+from hftl.data.labels import check_texts, clean_labels, to_class_label
+from hftl.data.sources import DataError, input_kind, load_source, source_files, text_key
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
-
-
-def _class_label(splits: DatasetDict, label: str) -> DatasetDict:
-    feature = splits["train"].features[label]
-    if isinstance(feature, ClassLabel):
-        names = feature.names
-    else:
-        names = sorted({str(v) for v in splits["train"][label]})
-    for name, ds in splits.items():
-        if isinstance(ds.features[label], ClassLabel):
-            continue
-        unseen = sorted({str(v) for v in ds[label]} - set(names))
-        if unseen:
-            raise DataError(f"split {name!r} has labels that train never saw: {unseen[:10]} (train has {names})")
-        ds = ds.map(lambda b: {label: [str(v) for v in b[label]]}, batched=True)
-        splits[name] = ds.cast_column(label, ClassLabel(names=names))
-    return splits
+KEY = "__hftl_input_key"  # each row's input key, computed before splitting (where reading it is fast)
 
 
 def _check_columns(splits: DatasetDict, columns: list[str]) -> None:
@@ -48,11 +40,117 @@ def _check_columns(splits: DatasetDict, columns: list[str]) -> None:
             )
 
 
+def _stratified(ds: Dataset, seed: int, context: str, key: str, fix: str = "", **size) -> DatasetDict:
+    """``ds.train_test_split`` stratified by label, with a DataError naming the class instead of datasets' error.
+
+    ``context``: where ``ds`` stands, for the message ("in the data"); ``key``: the config key that sizes the split;
+    ``fix``: what to do about a class with one example (default: add examples, or give data.splits files).
+    """
+    fix = fix or "add examples of it (at least 3 per class), or give data.splits files with your own validation/test"
+    names = ds.features["label"].names
+    counts = Counter(ds["label"][:])
+    few = sorted((n, names[c]) for c, n in counts.items() if n < 2)
+    if few:
+        others = f" (also {', '.join(repr(c) for _, c in few[1:6])})" if len(few) > 1 else ""
+        raise DataError(
+            f"class {few[0][1]!r} has only {few[0][0]} example {context}{others}: too few to split stratified; {fix}"
+        )
+    try:
+        return ds.train_test_split(stratify_by_column="label", seed=seed, **size)
+    except ValueError as err:  # a split smaller than the number of classes
+        raise DataError(
+            f"cannot split {len(ds)} examples of {len(counts)} classes {context} stratified: {err}; "
+            f"raise {key}, or give data.splits files"
+        ) from err
+
+
 def stratified_subset(ds: Dataset, n: int, seed: int, label: str = "label") -> Dataset:
-    """At most n examples with the label proportions of ds."""
+    """At most n examples with the label proportions of ds.
+
+    Raises DataError when n is smaller than the number of classes, or a class has one example.
+    """
     if n <= 0 or n >= len(ds):
         return ds
-    return ds.train_test_split(train_size=n, stratify_by_column=label, seed=seed)["train"]
+    if label != "label":
+        return ds.train_test_split(train_size=n, stratify_by_column=label, seed=seed)["train"]
+    fix = "add examples of it, or set data.max_train_samples=0 to keep all of train"
+    return _stratified(ds, seed, "in train", f"data.max_train_samples (now {n})", fix, train_size=n)["train"]
+
+
+def _array_rows(ds: Dataset, column: str) -> np.ndarray:
+    """(rows, values) of a fixed-shape array column, read from arrow in one piece (row-wise reads take minutes)."""
+    import pyarrow as pa
+
+    chunks = ds.with_format("arrow")[:][column].chunks
+    arr = pa.concat_arrays([getattr(c, "storage", c) for c in chunks])
+    while pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type):
+        arr = arr.flatten()
+    return arr.to_numpy(zero_copy_only=False).reshape(len(ds), -1)
+
+
+def input_keys(ds: Dataset, column: str, kind: str) -> list:
+    """One key per row that is equal for the same example: the text (case and spacing aside), the file path, or a
+    hash of the bytes or pixels; None where the input cannot be told (an in-memory image)."""
+    feature = type(ds.features[column]).__name__
+    if feature in ("Array2D", "Array3D", "Array4D", "List", "Sequence"):
+        return [hashlib.sha1(row.tobytes()).hexdigest() for row in _array_rows(ds, column)]
+    if feature == "Image":
+        from datasets import Image
+
+        ds = ds.cast_column(column, Image(decode=False))
+    keys = []
+    for value in ds[column][:]:
+        if isinstance(value, dict):
+            value = value.get("path") or value.get("bytes")
+        if isinstance(value, str):
+            keys.append(text_key(value) if kind == "text" else value)
+        elif isinstance(value, (bytes, bytearray)):
+            keys.append(hashlib.sha1(value).hexdigest())
+        else:
+            keys.append(None)
+    return keys
+
+
+def _keys_or_none(ds: Dataset, kind: str) -> list:
+    try:
+        return input_keys(ds, kind, kind)
+    except Exception as err:  # noqa: BLE001 - a check that cannot read an input type must not stop the run
+        log.debug("no split overlap check for %s inputs: %s", kind, err)
+        return [None] * len(ds)
+
+
+def split_overlaps(splits: DatasetDict, kind: str) -> dict[str, int]:
+    """Inputs that occur in two splits, counted per pair of splits ("train/test": 3), and logged with an example.
+
+    Texts are compared up to case and spacing; images and audio by path, bytes or pixels. An example in two
+    splits makes validation and test scores optimistic: the warning says so, it does not stop the run.
+    """
+    try:
+        keys = {
+            name: ds[KEY][:] if KEY in ds.column_names else input_keys(ds, kind, kind) for name, ds in splits.items()
+        }
+    except Exception as err:  # noqa: BLE001 - a check that cannot read an input type must not stop the run
+        log.debug("no split overlap check for %s inputs: %s", kind, err)
+        return {}
+    counts, example = {}, None
+    names = list(keys)
+    for i, a in enumerate(names):
+        seen = {k: j for j, k in enumerate(keys[a]) if k is not None}
+        for b in names[i + 1 :]:
+            shared = {k: j for j, k in enumerate(keys[b]) if k in seen}
+            if shared:
+                counts[f"{a}/{b}"] = len(shared)
+                if example is None:
+                    row = seen[next(iter(shared))]
+                    shown = splits[a][row][kind] if kind == "text" else keys[a][row]
+                    example = (str(shown)[:60], a, b)
+    if counts:
+        log.warning(
+            "%d input(s) occur in two splits (%s; e.g. %r in %s and %s): validation/test scores will be optimistic; "
+            "remove the repeats from the data, or give data.splits files that do not share inputs",
+            sum(counts.values()), ", ".join(f"{k}: {v}" for k, v in counts.items()), *example,
+        )
+    return counts
 
 
 def load_splits(cfg: DataConfig) -> DatasetDict:
@@ -63,24 +161,35 @@ def load_splits(cfg: DataConfig) -> DatasetDict:
         ['image', 'label']
     """
     raw, column, label = load_source(cfg)
-    raw = DatasetDict({("validation" if k in ("valid", "val", "dev") else k): v for k, v in raw.items()})
+    files = source_files(cfg)
+    rename = {k: ("validation" if k in ("valid", "val", "dev") else k) for k in raw}
+    raw = DatasetDict({rename[k]: v for k, v in raw.items()})
+    files = {rename.get(k, k): v for k, v in files.items()}
     _check_columns(raw, [column, label])
-    raw = _class_label(raw, label)
     kind = input_kind(raw["train"], column)
+    raw = clean_labels(raw, label, cfg.missing_labels, files)
+    if kind == "text":
+        key = "data.input_column" if cfg.input_column else "data.text_column"
+        raw = check_texts(raw, column, key, files)
+    raw = to_class_label(raw, label)
     for old, new in ((label, "label"), (column, kind)):
         if old != new:
             raw = DatasetDict({k: v.rename_column(old, new) for k, v in raw.items()})
+    raw = DatasetDict({k: v.add_column(KEY, _keys_or_none(v, kind)) for k, v in raw.items()})  # before splitting
     if "test" not in raw:
-        parts = raw["train"].train_test_split(test_size=cfg.test_size, stratify_by_column="label", seed=cfg.split_seed)
+        parts = _stratified(raw["train"], cfg.split_seed, "in the data", f"data.test_size (now {cfg.test_size})",
+                            test_size=cfg.test_size)
         raw["train"], raw["test"] = parts["train"], parts["test"]
     if "validation" not in raw:
         size = cfg.validation_size / (1 - cfg.test_size)
-        parts = raw["train"].train_test_split(test_size=size, stratify_by_column="label", seed=cfg.split_seed)
+        parts = _stratified(raw["train"], cfg.split_seed, "in train after the test split",
+                            f"data.validation_size (now {cfg.validation_size})", test_size=size)
         raw["train"], raw["validation"] = parts["train"], parts["test"]
     raw["train"] = stratified_subset(raw["train"], cfg.max_train_samples, cfg.split_seed)
     splits = DatasetDict({k: raw[k] for k in SPLITS})
     _check_columns(splits, [kind, "label"])
-    return splits
+    split_overlaps(splits, kind)
+    return DatasetDict({k: v.remove_columns(KEY) for k, v in splits.items()})
 
 
 def label_names(splits: DatasetDict) -> list[str]:

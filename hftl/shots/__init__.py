@@ -87,7 +87,7 @@ def check_ladder_data(cfg: ShotsConfig, labels: list[str], train_labels) -> None
             f"(k examples per class are drawn from it): lower shots.ks to at most {fewest} "
             f"(data.max_train_samples, when set, caps the train split)"
         )
-    unknown = sorted(set(cfg.label_descriptions) - set(labels))
+    unknown = sorted(set(map(str, cfg.label_descriptions)) - set(labels))  # YAML reads `0:` as an int; names are text
     if unknown:
         raise ConfigError(f"shots.label_descriptions names classes that do not exist: {unknown}; the classes are "
                           f"{list(labels)}")

@@ -45,7 +45,8 @@ TEXT_PADDING = {"siglip": "max_length", "siglip2": "max_length"}
 
 def class_prompts(labels: Sequence[str], descriptions: dict | None, templates: Sequence[str]) -> list[list[str]]:
     """Every template filled with every description of each class (descriptions default to the label name)."""
-    descriptions = dict(descriptions or {})
+    # keys as text: YAML reads `0: a bad review` as the int 0, and class names are the labels' text ("0")
+    descriptions = {str(k): v for k, v in (descriptions or {}).items()}
     unknown = sorted(set(descriptions) - set(labels))
     if unknown:
         raise ValueError(f"label_descriptions names unknown labels {unknown}; the labels are {list(labels)}")
