@@ -99,8 +99,9 @@ def test_given_splits_map_by_value_not_by_position(tmp_path):
 
 def test_finetuned_model_predicts_the_users_label(tiny_cfg, tmp_path):
     """End to end: labels 10 and 2 in a CSV; the saved id2label maps the predicted id back to them."""
-    import hftl
     from hftl.recipes.finetune import main
+
+    import hftl
     from hftl.testing import tiny_text_rows
 
     rows = [{"text": r["text"], "label": {"neg": 10, "pos": 2}[r["label"]]} for r in tiny_text_rows(120)]
@@ -265,10 +266,9 @@ def test_unreadable_test_split_is_refused_before_training(tmp_path):
 
 
 def test_label_descriptions_with_number_keys_reach_their_classes():
-    from hftl.shots.zero_shot import class_prompts
-
     from hftl.config import ShotsConfig
     from hftl.shots import check_ladder_data
+    from hftl.shots.zero_shot import class_prompts
 
     descriptions = {0: "a bad review", 1: "a good review"}  # as YAML reads `0: a bad review`
     check_ladder_data(ShotsConfig(ks=[1], label_descriptions=descriptions), ["0", "1"], [0, 1, 0, 1])
@@ -301,6 +301,7 @@ def test_gpt2_style_tokenizer_pads_with_eos_and_padding_changes_nothing(tmp_path
 
 def test_gpt2_style_model_finetunes(tiny_cfg, tmp_path):
     from hftl.recipes.finetune import main
+
     from hftl.testing import tiny_gpt2_model
 
     path = tiny_gpt2_model(tmp_path / "gpt2")

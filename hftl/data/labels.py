@@ -194,7 +194,7 @@ def to_class_label(splits: DatasetDict, label: str) -> DatasetDict:
         features = ds.features.copy()
         features[label] = ClassLabel(names=names)
         out[split] = ds.map(
-            lambda _, idx: {label: [ids[i] for i in idx]}, with_indices=True, batched=True, features=features
+            lambda _, idx, ids=ids: {label: [ids[i] for i in idx]}, with_indices=True, batched=True, features=features
         )
     present = sorted(set(out["train"][label][:]))
     if len(present) < 2:
