@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -51,6 +52,21 @@ def _cached(name: str, revision: str) -> bool:
     return isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str)
 
 
+def go_offline() -> None:
+    """Hub unreachable: the rest of this process reads the cache only, as with ``HF_HUB_OFFLINE=1``.
+
+    ``local_files_only`` alone is not enough: transformers' ``AutoModel.from_pretrained`` still asks the Hub for an
+    ``adapter_config.json`` without it (5.24), and each such request retries for about 20 s before it gives up.
+    """
+    from huggingface_hub import constants
+
+    if not constants.HF_HUB_OFFLINE:
+        log.warning("the Hub at %s cannot be reached: loading from the cache only (as HF_HUB_OFFLINE=1)",
+                    constants.ENDPOINT)
+        constants.HF_HUB_OFFLINE = True
+        os.environ["HF_HUB_OFFLINE"] = "1"  # processes started from this one (DataLoader workers, launchers)
+
+
 def resolve(name: str, revision: str = "main", trust_remote_code: bool = False) -> dict:
     """Keyword arguments for ``from_pretrained(name, **kwargs)`` that load without network waits.
 
@@ -64,9 +80,11 @@ def resolve(name: str, revision: str = "main", trust_remote_code: bool = False) 
         assets.lay_into_hub_cache(name)
     if hub_reachable():
         return kwargs
+    from huggingface_hub import constants
+
+    go_offline()
     if _cached(name, revision):
         return {**kwargs, "local_files_only": True}
-    from huggingface_hub import constants
 
     raise ModelNotFoundError(
         f"model {name!r} (revision {revision!r}) is not a local path, not in the Hub cache "
