@@ -205,7 +205,7 @@ def test_a_checkpoint_holding_more_than_tensors_is_refused(tiny_cfg, tmp_path):
     best = torch.load(last / "best_trainable.pt", weights_only=True)
     torch.save({**best, "extra": Payload(tmp_path / "code-ran")}, last / "best_trainable.pt")
     with pytest.raises(ConfigError, match=r"best_trainable.pt holds more than tensors .* refused; delete"):
-        _finetune([*tiny_cfg, "train.epochs=2", "train.resume=true"])
+        _finetune([*tiny_cfg, "train.epochs=1", "train.resume=true"])  # same settings: the resume check passes
     assert not (tmp_path / "code-ran").exists()
 
 
