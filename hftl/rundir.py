@@ -105,7 +105,7 @@ class RunDir(contextlib.AbstractContextManager):
         self._save()  # before anything moves: a kill from here on leaves every file known to overwrite
         _remove_files(self.path, old)
         for i, entry in enumerate(sorted(staging.iterdir())):
-            if i == 1 and os.environ.get(KILL_ENV) == "final-save":  # crash tests, as in hftl.train
+            if i == 1 and os.environ.get(KILL_ENV) == "final-save":  # crash tests, as in hftl.checkpoints
                 os.kill(os.getpid(), signal.SIGKILL)
             _place(entry, self.path / entry.name)
         staging.rmdir()
@@ -244,7 +244,7 @@ def _decide(path: Path, cfg: Config) -> dict:
 def _clean(path: Path, made: dict) -> None:
     """Remove what an earlier run wrote at ``path`` (its files and checkpoints) and nothing else. A run folder inside
     (the ladder's ``full``) is cleaned by its own claim, with the same ``overwrite``."""
-    from hftl.train import remove_checkpoints  # where checkpoints are written (late: it imports torch)
+    from hftl.checkpoints import remove_checkpoints  # where checkpoints are written (late: it imports torch)
 
     (path / MARKER).unlink(missing_ok=True)
     shutil.rmtree(path / HIDDEN / "staging", ignore_errors=True)  # hftl's own folder
