@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -275,9 +276,10 @@ def input_name(model: torch.nn.Module) -> str:
 
 
 def progress(iterable, accelerator: Accelerator, desc: str) -> tqdm:
-    """A progress bar on the main process only; ``TQDM_DISABLE=1`` silences it (an explicit ``disable=False``
+    """A progress bar on the main process only, and only on a terminal: a log file gets the one line per epoch of
+    ``_end_epoch`` instead of a bar's every redraw. ``TQDM_DISABLE=1`` silences it (an explicit ``disable=False``
     would override that variable)."""
-    quiet = {"disable": True} if not accelerator.is_local_main_process else {}
+    quiet = {"disable": True} if not accelerator.is_local_main_process or not sys.stderr.isatty() else {}
     return tqdm(iterable, desc=desc, leave=False, **quiet)
 
 
@@ -427,7 +429,7 @@ def _plain_steps(accelerator: Accelerator) -> bool:
 
 
 def _train_epoch(model, loader, optimizer, scheduler, accelerator: Accelerator, cfg: TrainConfig,
-                 state: LoopState, checkpoint: Callable[[], None] | None) -> float:
+                 state: LoopState, checkpoint: Callable[[], None] | None, monitor=None) -> float:
     """The epoch ``state.epoch`` (its remaining batches when resumed mid-epoch); its mean train loss."""
     model.train()
     loader.set_epoch(state.epoch)  # accelerate's loader re-sets our sampler's epoch from its own count
@@ -451,10 +453,14 @@ def _train_epoch(model, loader, optimizer, scheduler, accelerator: Accelerator, 
                 sched.step()
                 opt.zero_grad(set_to_none=True)
         total += loss.detach()  # summed on device: no host sync per step
+        if monitor:
+            monitor.batch(loss)
         state.batch += 1
         if not accelerator.sync_gradients:
             continue
         state.step += 1
+        if monitor:
+            monitor.step(state.step, opt)
         _kill_point(f"step-{state.step}")
         end = accelerator.gradient_state.end_of_dataloader  # the epoch's own checkpoint follows evaluation
         if checkpoint and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and not end:
@@ -483,12 +489,14 @@ def _end_epoch(state: LoopState, cfg: TrainConfig, train_loss: float, scores: di
 
 def fit(model, train_loader: DataLoader, val_loader: DataLoader, accelerator: Accelerator, cfg: TrainConfig,
         metrics: list[str], *, checkpoint_dir: str | Path | None = None,
-        resume: bool = False, evaluate_fn: Callable | None = None) -> tuple[object, LoopState]:
+        resume: bool = False, evaluate_fn: Callable | None = None, monitor=None) -> tuple[object, LoopState]:
     """Train with evaluation each epoch; return the prepared model loaded with its best weights, and the state.
 
     ``train_loader`` yields batches of ``train_batch(cfg, accelerator)`` examples (split over the processes).
     Dropout differs per process (seed + process index); initial weights are the caller's, the same everywhere.
     ``evaluate_fn(model, val_loader, accelerator) -> scores`` replaces the classification ``evaluate``.
+    ``monitor`` (``hftl.tracking.RunMonitor``) logs steps and epochs to trackers, adds drift to the history, and
+    may stop the run (below its baseline).
 
     Example:
         >>> model, state = fit(model, loader, val_loader, accelerator, cfg.train, ["accuracy"],  # doctest: +SKIP
@@ -527,7 +535,7 @@ def fit(model, train_loader: DataLoader, val_loader: DataLoader, accelerator: Ac
         start = time.perf_counter()
         batches.set_epoch(state.epoch)
         train_loss = _train_epoch(model, train_loader, optimizer, scheduler, accelerator, cfg, state,
-                                  checkpoint if ckpt_dir else None)
+                                  checkpoint if ckpt_dir else None, monitor)
         train_seconds = time.perf_counter() - start  # the epoch's loss was reduced: the device has finished
         scores = (evaluate_fn(model, val_loader, accelerator) if evaluate_fn  # e.g. masked-modeling scores
                   else evaluate(model, val_loader, accelerator, metrics, "validation"))
@@ -535,8 +543,11 @@ def fit(model, train_loader: DataLoader, val_loader: DataLoader, accelerator: Ac
         state.history[-1]["train_seconds"] = train_seconds
         if improved:
             best = _trainable_state(accelerator, model, names)
+        stop = monitor.epoch(state) if monitor else False  # before the checkpoint: it saves the epoch's drift
         if ckpt_dir:
             checkpoint()
+        if stop:
+            break
         if cfg.early_stopping_patience and state.bad_epochs >= cfg.early_stopping_patience:
             accelerator.print(f"early stopping: no improvement of {cfg.metric_for_best} for {state.bad_epochs} epochs")
             break
