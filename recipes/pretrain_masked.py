@@ -38,6 +38,7 @@ from hftl.pretraining import (
     save_stage,
     stage_strategy,
 )
+from hftl.tracking import RunMonitor, start_trackers, tracker_kwargs
 from hftl.train import eval_batch, train_batch
 
 
@@ -46,7 +47,7 @@ def pretrain(cfg: Config, stage_dir: Path) -> dict:
     p = cfg.pretrain
     stage_train = dataclasses.replace(cfg.train, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, head_lr=0.0,
                                       metric_for_best="loss", early_stopping_patience=0)
-    accelerator = hftl.make_accelerator(stage_train)
+    accelerator = hftl.make_accelerator(stage_train, **tracker_kwargs(cfg))  # trackers: train.report_to
     if p.strategy != "full" and accelerator.distributed_type == DistributedType.FSDP:
         # peft's trainable copy of the head (modules_to_save) keeps the original decoder tied to the input embedding
         # in another FSDP unit, which FSDP2 refuses; full fine-tuning of the stage shards (tested)
@@ -67,9 +68,10 @@ def pretrain(cfg: Config, stage_dir: Path) -> dict:
                               seed=cfg.train.seed, group=stage_train.group_by_length,
                               num_workers=stage_train.num_workers)
     val_loader = hftl.make_loader(val, eval_batch(stage_train, accelerator), val_collate, shuffle=False)
+    start_trackers(accelerator, cfg, "pretrain")
     trained, state = hftl.fit(model, loader, val_loader, accelerator, stage_train, [],
                               checkpoint_dir=f"{cfg.output_dir}/checkpoints-pretrain", resume=cfg.train.resume,
-                              evaluate_fn=masked_scores)
+                              evaluate_fn=masked_scores, monitor=RunMonitor(accelerator, cfg))
     if state.best_epoch < 1:  # a validation loss that never improved on -inf: NaN
         raise FloatingPointError(f"the masked stage's validation loss is not finite: {state.history[-1]}")
     metrics = {"validation": state.history[state.best_epoch - 1]["validation"],
@@ -105,6 +107,7 @@ def main(cfg: Config) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
         (out / "metrics.json").write_text(json.dumps({"pretrain": metrics}, indent=2))
+        _report(cfg, out)
         return {"pretrain": metrics}
     from hftl.recipes.finetune import main as finetune
 
@@ -113,7 +116,17 @@ def main(cfg: Config) -> dict:
     if writer:  # the fine-tuning run directory, with the first stage added
         save_config(cfg, out / "config.yaml")
         (out / "metrics.json").write_text(json.dumps(result, indent=2))
+        _report(cfg, out)
     return result
+
+
+def _report(cfg: Config, out: Path) -> None:
+    """The run report of both stages (the masked stage's curves and the fine-tuning's report, once metrics.json
+    holds both)."""
+    if cfg.eval.report:
+        from hftl.reporting import write_report
+
+        write_report(out)
 
 
 if __name__ == "__main__":
