@@ -115,7 +115,8 @@ class TrainConfig:
 class EvalConfig:
     metrics: list = _f(["accuracy", "f1"], "Metrics computed on validation and test (evaluate modules).")
     baselines: bool = _f(True, "Also score the majority class and a classical model (TF-IDF, pixels or spectral "
-                               "features + logistic regression) on the same splits; warn when the run does not beat them.")
+                               "features + logistic regression) on the same splits; warn when the run does not beat "
+                               "them.")
     drift: bool = _f(True, "Record per epoch how far each backbone block moved from its pretrained weights (keeps a "
                            "CPU copy of the trainable backbone weights).")
     report: bool = _f(True, "Write output_dir/report.html (curves, confusion matrix, worst examples, drift, "

@@ -47,8 +47,9 @@ def check_report_to(report_to: str) -> None:
             raise ConfigError(f"train.report_to has {name!r}, not a tracker accelerate knows: choose from "
                               f"{sorted(set(known) - {'all'})}, all (every installed one) or none")
         if name != "all" and name not in available:
+            rest = ",".join(n for n in tracker_names(report_to) if n != name) or "none"
             raise ConfigError(f"train.report_to has {name!r} but it is not installed: pip install {name}, or set "
-                              f"train.report_to={','.join(n for n in tracker_names(report_to) if n != name) or 'none'}")
+                              f"train.report_to={rest}")
 
 
 def tracker_kwargs(cfg: Config) -> dict:

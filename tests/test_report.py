@@ -51,7 +51,8 @@ def test_report_and_predictions_of_a_run(lora_run):
     rows = read_predictions(run)
     names = test.features["label"].names
     assert [r["id"] for r in rows] == list(range(len(test)))
-    assert [r["input"] for r in rows] == test["text"] and [r["label"] for r in rows] == [names[i] for i in test["label"]]
+    assert [r["input"] for r in rows] == test["text"]
+    assert [r["label"] for r in rows] == [names[i] for i in test["label"]]
     assert all(set(r["scores"]) == set(names) and abs(sum(r["scores"].values()) - 1) < 1e-3 for r in rows)
     accuracy = np.mean([r["label"] == r["predicted"] for r in rows])
     assert accuracy == pytest.approx(metrics["test"]["accuracy"])

@@ -12,7 +12,9 @@ from hftl.recipes.finetune import main
 
 import hftl
 from hftl.config import ConfigError, StrategyConfig, load_config
+from hftl.data import load_splits
 from hftl.drift import DriftTracker, parameter_table
+from hftl.reporting import read_predictions
 from hftl.tracking import tracker_kwargs, tracker_names
 
 EPOCH_TAGS = ["validation/accuracy", "validation/f1", "validation/loss", "train/epoch_loss", "train/epoch_seconds",
@@ -81,6 +83,9 @@ def test_two_processes_log_once_and_a_log_file_gets_one_line_per_epoch(tiny_cfg,
         "epoch 1", "epoch 2"]  # printed by the main process only
     assert len(text.splitlines()) < 40, text
     assert json.loads((run / "metrics.json").read_text())["baselines"]["tfidf_logreg"]["test"]["accuracy"] > 0.5
+    # predictions gathered from both processes, back in dataset order (length-grouped batches reorder them)
+    test = load_splits(load_config(None, tiny_cfg).data)["test"]
+    assert [r["input"] for r in read_predictions(run)] == test["text"]
 
 
 def test_stop_below_baseline(tiny_cfg, tmp_path):

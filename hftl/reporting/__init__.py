@@ -66,10 +66,11 @@ def _curves(run_dir: Path, metrics: dict, metric: str, title: str) -> list[tuple
     keys = list(history[0]["validation"])
     rows = [[h["epoch"], h["train_loss"], *[h["validation"].get(k) for k in keys], h.get("seconds")] for h in history]
     classes = ["best" if h["epoch"] == best else "" for h in history]
+    numbers = H.table(["epoch", "train loss", *[f"validation {k}" for k in keys], "seconds"], rows, left=0,
+                      classes=classes)
     return [H.section("Learning curves", H.image(f"{FIGURES}/curves.png", "learning curves"),
-                      H.table(["epoch", "train loss", *[f"validation {k}" for k in keys], "seconds"], rows,
-                              left=0, classes=classes),
-                      H.para(f"Best epoch (by validation {metric}, kept as the final weights): {best}.", "note"))]
+                      H.para(f"Best epoch (by validation {metric}, kept as the final weights): {best}.", "note"),
+                      H.details(f"The {len(rows)} epochs in numbers", numbers))]
 
 
 def _per_class(rows: list[dict], labels: list[str]) -> tuple[np.ndarray, list[list]]:
@@ -94,8 +95,9 @@ def _test(run_dir: Path, rows: list[dict]) -> list[tuple[str, str]]:
     labels = list(rows[0]["scores"])
     matrix, table = _per_class(rows, labels)
     plot_confusion(matrix, labels, run_dir / FIGURES / "confusion.png")
-    return [H.section("Test: confusion and per-class scores", H.image(f"{FIGURES}/confusion.png", "confusion"),
-                      H.table(["class", "precision", "recall", "F1", "support"], table),
+    per_class = H.table(["class", "precision", "recall", "F1", "support"], table)
+    return [H.section("Test: confusion and per-class scores",
+                      H.row(H.image(f"{FIGURES}/confusion.png", "confusion"), per_class),
                       H.para(f"From {PREDICTIONS} ({len(rows):,} test examples: id, label, predicted, scores).",
                              "note"))]
 
@@ -128,7 +130,7 @@ def _examples(run_dir: Path, rows: list[dict], image_of) -> list[tuple[str, str]
     for r in wrong[:WORST]:
         out.append([str(r["id"]), H.esc(r["label"]), H.esc(r["predicted"]), H.fmt(r["scores"][r["predicted"]]),
                     H.fmt(r["scores"][r["label"]]), _example_cell(run_dir, r, image_of)])
-    body = H.table(["id", "true", "predicted", "p(predicted)", "p(true)", "input"], out, left=3, raw=True)
+    body = H.table(["id", "true", "predicted", "p(predicted)", "p(true)", "input"], out, left=6, raw=True)
     body = body.replace('<td class=""><span class="text">', '<td class="text"><span>')
     return [H.section("Worst misclassified", H.para(
         f"The {len(out)} test examples of {len(wrong):,} misclassified whose true class got the lowest probability.",

@@ -23,6 +23,7 @@ img.fig{max-width:100%;border:1px solid #eee}img.thumb{image-rendering:pixelated
 .ok{background:#e8f4ea;border:1px solid #9ccaa5;padding:8px 12px;border-radius:4px;margin:8px 0}
 pre{background:#f7f7f7;padding:10px;overflow:auto;font-size:.85em;max-height:420px}
 .note{color:#666;font-size:.9em}td.text{max-width:560px;text-align:left;white-space:normal}
+.row{display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start}summary{cursor:pointer;color:#345}
 """
 
 
@@ -50,7 +51,8 @@ def table(header: list[str], rows: list[list], *, left: int = 1, classes: list[s
     head = "".join(f'<th class="{"l" if i < left else ""}">{esc(h)}</th>' for i, h in enumerate(header))
     body = []
     for r, row in enumerate(rows):
-        cells = "".join(f'<td class="{"l" if i < left else ""}">{c if raw else fmt(c)}</td>' for i, c in enumerate(row))
+        cells = "".join(f'<td class="{"l" if i < left else ""}">{c if raw else fmt(c)}</td>'
+                        for i, c in enumerate(row))
         body.append(f'<tr class="{(classes or [""] * len(rows))[r]}">{cells}</tr>')
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
@@ -63,6 +65,16 @@ def image(src: str, alt: str = "", width: int | None = None, css: str = "fig") -
 def section(title: str, *parts: str) -> tuple[str, str]:
     """A titled part of the page: ``(title, body)``; ``page`` adds the heading, the anchor and the contents line."""
     return title, "".join(parts)
+
+
+def details(summary: str, body: str) -> str:
+    """A part the reader opens (no script: HTML's own disclosure element)."""
+    return f"<details><summary>{esc(summary)}</summary>{body}</details>"
+
+
+def row(*parts: str) -> str:
+    """Parts side by side, wrapping on a narrow window."""
+    return '<div class="row">' + "".join(f"<div>{p}</div>" for p in parts) + "</div>"
 
 
 def para(text: str, css: str = "") -> str:

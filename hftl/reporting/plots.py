@@ -53,7 +53,8 @@ def plot_curves(history: list[dict], path: str | Path, *, metric: str = "accurac
         for ax, key, where in ((left, "loss", h["validation"]), (right, shown, h["validation"])):
             ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=0.8)
             if key in where:
-                ax.plot([best_epoch], [where[key]], "*", color="black", markersize=13, label=f"best epoch {best_epoch}")
+                ax.plot([best_epoch], [where[key]], "*", color="black", markersize=13,
+                        label=f"best epoch {best_epoch}")
     from matplotlib.ticker import MaxNLocator
 
     for ax, ylabel in ((left, "loss"), (right, "validation score")):
@@ -69,7 +70,7 @@ def plot_curves(history: list[dict], path: str | Path, *, metric: str = "accurac
 def plot_confusion(matrix: np.ndarray, labels: list[str], path: str | Path, title: str = "") -> Path:
     """Rows: true class, columns: predicted; colour by the row's share, the count written in each cell."""
     n = len(labels)
-    size = min(3 + 0.45 * n, 14)
+    size = min(2.4 + 0.4 * n, 14)
     fig = _figure(size + 1, size)
     ax = fig.subplots()
     shares = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
@@ -121,7 +122,7 @@ def plot_drift(history: list[dict], path: str | Path, title: str = "") -> Path:
 
 def plot_drift_comparison(runs: dict[str, list[dict]], path: str | Path, title: str = "") -> Path:
     """Drift per block of several runs (``{label: history}``), each run's epochs in its own colour; left on a
-    linear scale, right on a log scale (where small drifts show)."""
+    linear scale, right on a log scale (where small drifts show; a block that did not move has no point there)."""
     fig = _figure(11, 3.8)
     axes = fig.subplots(1, 2)
     for ax, scale in zip(axes, ("linear", "log"), strict=True):
@@ -130,8 +131,9 @@ def plot_drift_comparison(runs: dict[str, list[dict]], path: str | Path, title: 
             for j, h in enumerate(rows):
                 alpha = 0.35 + 0.65 * (j + 1) / len(rows)
                 blocks = list(h["drift"])
-                ax.plot(range(len(blocks)), [max(h["drift"][b], 1e-8) for b in blocks], "o-", color=f"C{i}",
-                        alpha=alpha, label=f"{label}, epoch {h['epoch']}")
+                values = [h["drift"][b] if h["drift"][b] > 0 or scale == "linear" else np.nan for b in blocks]
+                ax.plot(range(len(blocks)), values, "o-", color=f"C{i}", alpha=alpha,
+                        label=f"{label}, epoch {h['epoch']}")
             if rows:
                 blocks = list(rows[-1]["drift"])
                 ax.set_xticks(range(len(blocks)), [b.replace("block_", "") for b in blocks], fontsize=8)
