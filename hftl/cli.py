@@ -23,11 +23,12 @@ RECIPES = {"finetune": "Fine-tune with any transfer strategy (recipes/finetune.p
            "ladder": "Zero-shot, few-shot curve and full fine-tuning on one plot (recipes/ladder.py).",
            "pretrain": "Masked-modeling pretraining, then fine-tuning if asked (recipes/pretrain_masked.py)."}
 MODULES = {"pretrain": "pretrain_masked"}  # command -> recipe module, where they differ
-USAGE = "usage: hftl {finetune,ladder,pretrain,config,push} ... [--debug] | hftl --version\n\n" + "\n".join(
+USAGE = "usage: hftl {finetune,ladder,pretrain,config,push,report} ... [--debug] | hftl --version\n\n" + "\n".join(
     f"  {name:<10} {text}" for name, text in {**RECIPES, "config": "List every config key with its help.",
                                                "push": "Push RUN_DIR to the Hub: hftl push RUN_DIR REPO_ID [--what "
-                                                       "auto|model|adapter|merged] [--private] [--revision BRANCH]"
-                                               }.items())
+                                                       "auto|model|adapter|merged] [--private] [--revision BRANCH]",
+                                               "report": "Rebuild RUN_DIR/report.html from the run directory: hftl "
+                                                         "report RUN_DIR"}.items())
 # What each recipe command does and writes, with one example: its --help, before the keys.
 ABOUT = {
     "finetune": "Fine-tune model.name on data.name with the transfer strategy strategy.name (linear_probe, head, "
@@ -68,6 +69,24 @@ def _push(argv: list[str]) -> int:
     url = push(args.run_dir, args.repo_id, what=args.what, private=args.private, revision=args.revision,
                commit_message=args.message)
     print(url)
+    return 0
+
+
+def _report(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="hftl report", description="Rebuild RUN_DIR/report.html and its figures.")
+    parser.add_argument("run_dir")
+    args = parser.parse_args(argv)
+    from pathlib import Path
+
+    from hftl.config import ConfigError
+
+    if not (Path(args.run_dir) / "metrics.json").is_file():
+        raise ConfigError(f"{args.run_dir} has no metrics.json: give the output_dir of a finished run")
+    from hftl.reporting import write_report
+
+    print(write_report(args.run_dir))
     return 0
 
 
@@ -139,6 +158,8 @@ def _run(command: str, rest: list[str], state: dict) -> int:
         return 0
     if command == "push":
         return _push(rest)
+    if command == "report":
+        return _report(rest)
     print(f"hftl: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

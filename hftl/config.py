@@ -259,6 +259,11 @@ class TrainConfig:
     gradient_checkpointing: bool = _f(False, "Recompute the backbone's activations in backward (less memory, slower).")
     compile: str = _f("auto", "torch.compile the model before training (auto: text models on a GPU).",
                       ("auto", "true", "false"))
+    report_to: str = _f("tensorboard", "Trackers the loop logs to through accelerate, comma-separated: tensorboard "
+                                       "(in output_dir/tensorboard), wandb, mlflow, comet_ml, aim, trackio, clearml, "
+                                       "dvclive, swanlab (installed ones), all, or none.")
+    stop_below_baseline: int = _f(0, "Stop when validation metric_for_best has not beaten the best baseline "
+                                     "(eval.baselines) for this many epochs in a row (0: off).", range=">= 0 (0: off)")
 
     def __post_init__(self) -> None:
         check_fields(self, "train.")
@@ -269,6 +274,13 @@ class EvalConfig:
     metrics: list = _f(["accuracy", "f1"], "Metrics computed on validation and test: hftl's own (accuracy, f1), an "
                                            "installed module (package.module), or with model.trust_remote_code=true "
                                            "a .py file, a folder or a Hub metric id (their code runs).")
+    baselines: bool = _f(True, "Also score the majority class and a classical model (TF-IDF, pixels or spectral "
+                               "features + logistic regression) on the same splits; warn when the run does not beat "
+                               "them.")
+    drift: bool = _f(True, "Record per epoch how far each backbone block moved from its pretrained weights (keeps a "
+                           "CPU copy of the trainable backbone weights).")
+    report: bool = _f(True, "Write output_dir/report.html (curves, confusion matrix, worst examples, drift, "
+                            "parameters) and output_dir/predictions.jsonl for the test split.")
 
     def __post_init__(self) -> None:  # names are checked where the metrics are (hftl.metrics.check_metrics)
         check_fields(self, "eval.")
@@ -409,6 +421,9 @@ def validate(cfg: Config) -> None:
     if t.batch_size % t.grad_accum:
         raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by train.grad_accum={t.grad_accum}")
     check_strategy_name(cfg.strategy.name)
+    if t.stop_below_baseline < 0 or t.stop_below_baseline and not cfg.eval.baselines:
+        raise ConfigError(f"train.stop_below_baseline={t.stop_below_baseline} needs a count >= 0 and "
+                          "eval.baselines=true (the baselines it compares with)")
     if cfg.hub.push and "/" not in cfg.hub.repo_id:
         raise ConfigError(f"hub.repo_id={cfg.hub.repo_id!r} must look like 'user/name' when hub.push=true")
 

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 @names_disk_full("free space on that disk and rerun with train.resume=true (the last checkpoint holds the trained "
                  "weights: no training is repeated), or set output_dir to another disk")
 def save_run(run_dir: str | Path, cfg: Config, model, processor, metrics: dict, facts: dict, *,
-             state_dict: dict | None = None) -> Path:
+             state_dict: dict | None = None, extra=None) -> Path:
     """Write config, metrics, model (+ merged export for adapters on request) and the model card.
 
     Atomically (``hftl.rundir``): into a staging folder inside ``run_dir``, moved into place, then the completion
@@ -33,11 +33,14 @@ def save_run(run_dir: str | Path, cfg: Config, model, processor, metrics: dict, 
     claimed first by ``cfg``'s rules (``overwrite``, ``train.resume``), else RunDirError.
     ``state_dict``: the model's full weights when they are sharded over processes (FSDP, ZeRO-3), from
     ``accelerator.get_state_dict``; the model's own ``state_dict()`` would hold only this process's shards.
+    ``extra(stage)``: writes more of the run's files (predictions, the report) into the staging folder, after these.
     """
     from hftl.rundir import claim
 
     with claim(cfg, path=run_dir) as run, run.final_save() as stage:
         _write_run(stage, cfg, model, processor, metrics, facts, state_dict)
+        if extra is not None:
+            extra(stage)
     return Path(run_dir)
 
 

@@ -88,6 +88,13 @@ class RunDir(contextlib.AbstractContextManager):
             self._save()
         return str(self.path / name)
 
+    def logs(self, name: str = "tensorboard") -> str:
+        """The path of a log folder of this run (TensorBoard's), recorded: ``overwrite`` removes its event files."""
+        if self.writer and name not in self._made.setdefault("logs", []):
+            self._made["logs"].append(name)
+            self._save()
+        return str(self.path / name)
+
     @contextlib.contextmanager
     def final_save(self, *, marker: bool = True) -> Iterator[Path]:
         """An empty staging folder in the run for its outputs; on success they replace what an earlier save of this run
@@ -251,6 +258,9 @@ def _clean(path: Path, made: dict) -> None:
     _remove_files(path, made["files"])
     for name in filter(_inside, made["checkpoints"]):
         remove_checkpoints(path / name)
+        _rmdir(path / name)
+    for name in filter(_inside, made.get("logs", [])):  # trackers' event files, and the folders they leave empty
+        _remove_files(path, [p.relative_to(path).as_posix() for p in (path / name).rglob("events.out.tfevents.*")])
         _rmdir(path / name)
 
 

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -329,9 +330,10 @@ def input_name(model: torch.nn.Module) -> str:
 
 
 def progress(iterable, accelerator: Accelerator, desc: str) -> tqdm:
-    """A progress bar on the main process only; ``TQDM_DISABLE=1`` silences it (an explicit ``disable=False``
+    """A progress bar on the main process only, and only on a terminal: a log file gets the one line per epoch of
+    ``_end_epoch`` instead of a bar's every redraw. ``TQDM_DISABLE=1`` silences it (an explicit ``disable=False``
     would override that variable)."""
-    quiet = {"disable": True} if not accelerator.is_local_main_process else {}
+    quiet = {"disable": True} if not accelerator.is_local_main_process or not sys.stderr.isatty() else {}
     return tqdm(iterable, desc=desc, leave=False, **quiet)
 
 
@@ -379,13 +381,14 @@ def _plain_steps(accelerator: Accelerator) -> bool:
 
 def _train_epoch(model, loader, optimizer, scheduler, accelerator: Accelerator, cfg: TrainConfig,
                  state: LoopState, checkpoint: Callable[[], None] | None, count_terms: Callable = loss_terms,
-                 ckpt_dir: Path | None = None) -> float:
+                 ckpt_dir: Path | None = None, monitor=None) -> float:
     """The epoch ``state.epoch`` (its remaining steps when resumed mid-epoch); its mean train loss per step.
 
     Each optimizer step is a group of ``grad_accum`` loader batches, the examples of one ``train.batch_size`` batch
     (see ``LengthGroupedBatches``), weighted by ``step_weights``: the step's gradient is the whole batch's, with
     uneven last steps and token-level losses too. Gradients are synchronised on the group's last batch only.
     TrainingDiverged once the loss is non-finite (checked every ``_finite_every`` steps, before each checkpoint).
+    ``monitor`` (``hftl.tracking``) gets each step's loss, kept on the device.
     """
     model.train()
     loader.set_epoch(state.epoch)  # accelerate's loader re-sets our sampler's epoch from its own count
@@ -399,13 +402,17 @@ def _train_epoch(model, loader, optimizer, scheduler, accelerator: Accelerator, 
     bar = progress(loader, accelerator, f"epoch {state.epoch + 1}")
     for group in step_groups(bar, cfg.grad_accum):
         weights = step_weights(group, accelerator, count_terms)
+        step_loss = 0.0
         for i, batch in enumerate(group):
             last = i == len(group) - 1
             accelerator.sync_gradients = last  # accelerate's optimizer, scheduler and DeepSpeed step on the last
             with contextlib.nullcontext() if last else accelerator.no_sync(model):
                 loss = model(**_model_inputs(batch)).loss * weights[i]
                 accelerator.backward(loss)
-            total += loss.detach() / accelerator.gradient_accumulation_steps  # summed on device: no host sync
+            step_loss = step_loss + loss.detach() / accelerator.gradient_accumulation_steps  # on device: no sync
+        total += step_loss
+        if monitor:
+            monitor.batch(step_loss)
         if cfg.max_grad_norm and plain:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
         elif cfg.max_grad_norm:
@@ -415,6 +422,8 @@ def _train_epoch(model, loader, optimizer, scheduler, accelerator: Accelerator, 
         opt.zero_grad(set_to_none=True)
         state.batch += len(group)
         state.step += 1
+        if monitor:
+            monitor.step(state.step, opt)
         _kill_point(f"step-{state.step}")
         if state.step % every == 0:
             _check_loss(total, state, cfg, accelerator, ckpt_dir)
@@ -449,7 +458,7 @@ def _end_epoch(state: LoopState, cfg: TrainConfig, train_loss: float, scores: di
 def fit(model, train_loader: DataLoader, val_loader: DataLoader, accelerator: Accelerator, cfg: TrainConfig,
         metrics: list[str], *, checkpoint_dir: str | Path | None = None,
         resume: bool = False, evaluate_fn: Callable | None = None,
-        count_terms: Callable = loss_terms) -> tuple[object, LoopState]:
+        count_terms: Callable = loss_terms, monitor=None) -> tuple[object, LoopState]:
     """Train with evaluation each epoch; return the prepared model loaded with its best weights, and the state.
 
     ``train_loader`` (``make_loader``) yields batches of ``train_batch(cfg, accelerator)`` examples (split over the
@@ -459,6 +468,8 @@ def fit(model, train_loader: DataLoader, val_loader: DataLoader, accelerator: Ac
     ``evaluate_fn(model, val_loader, accelerator) -> scores`` replaces the classification ``evaluate`` (whose
     ``metrics`` and ``cfg.metric_for_best`` are checked before the first step: ConfigError).
     ``count_terms(batch)``: how many terms the model's loss averages over (``hftl.accumulation.loss_terms``).
+    ``monitor`` (``hftl.tracking.RunMonitor``) logs steps and epochs to trackers, adds drift to the history, and
+    may stop the run (below its baseline).
 
     Example:
         >>> model, state = fit(model, loader, val_loader, accelerator, cfg.train, ["accuracy"],  # doctest: +SKIP
@@ -502,7 +513,7 @@ def fit(model, train_loader: DataLoader, val_loader: DataLoader, accelerator: Ac
         start = time.perf_counter()
         batches.set_epoch(state.epoch)
         train_loss = _train_epoch(model, train_loader, optimizer, scheduler, accelerator, cfg, state,
-                                  checkpoint if ckpt_dir else None, count_terms, ckpt_dir)
+                                  checkpoint if ckpt_dir else None, count_terms, ckpt_dir, monitor)
         train_seconds = time.perf_counter() - start  # the epoch's loss was reduced: the device has finished
         scores = (evaluate_fn(model, val_loader, accelerator) if evaluate_fn  # e.g. masked-modeling scores
                   else evaluate(model, val_loader, accelerator, metrics, "validation"))
@@ -513,8 +524,11 @@ def fit(model, train_loader: DataLoader, val_loader: DataLoader, accelerator: Ac
         state.history[-1]["train_seconds"] = train_seconds
         if improved:
             best = _trainable_state(accelerator, model, names)
+        stop = monitor.epoch(state) if monitor else False  # before the checkpoint: it saves the epoch's drift
         if ckpt_dir:
             checkpoint()
+        if stop:
+            break
         if cfg.early_stopping_patience and state.bad_epochs >= cfg.early_stopping_patience:
             accelerator.print(f"early stopping: no improvement of {cfg.metric_for_best} for {state.bad_epochs} epochs")
             break

@@ -8,8 +8,9 @@
 Launcher settings (CPU, DDP, FSDP, DeepSpeed) are in recipes/accelerate/; train.batch_size is the effective batch
 whatever the number of processes. The strategy (``strategy.name``) is a config value: linear_probe, head, full,
 freeze_n, or any peft method.
-Writes the run directory (config.yaml, metrics.json, model/, README.md) to ``output_dir``: a new or empty folder,
-or an earlier run there with ``overwrite=true`` (replaced) or ``train.resume=true`` (continued); see hftl/rundir.py.
+Writes the run directory (config.yaml, metrics.json, model/, README.md, predictions.jsonl, report.html with
+report/, tensorboard/) to ``output_dir``: a new or empty folder, or an earlier run there with ``overwrite=true``
+(replaced) or ``train.resume=true`` (continued); see hftl/rundir.py.
 """
 
 from __future__ import annotations
@@ -18,18 +19,23 @@ import sys
 import time
 
 import hftl
+from hftl.baselines import report_guard, run_baselines
 from hftl.config import Config
 from hftl.data import encode, modality_of
+from hftl.drift import parameter_table
 from hftl.metrics import check_metrics
 from hftl.models import check_max_length
+from hftl.reporting import evaluate_with_predictions, write_predictions, write_report
 from hftl.rundir import RunDir, claim
+from hftl.tracking import RunMonitor, quiet_unless_terminal, start_trackers, tracker_kwargs
 from hftl.train import eval_batch, train_batch
 
 
 def main(cfg: Config) -> dict:
+    quiet_unless_terminal()
     # names of metrics and metric_for_best, before any compute (else they fail at the first evaluation)
     check_metrics(cfg.eval.metrics, cfg.train.metric_for_best, trust_remote_code=cfg.model.trust_remote_code)
-    accelerator = hftl.make_accelerator(cfg.train)
+    accelerator = hftl.make_accelerator(cfg.train, **tracker_kwargs(cfg))  # trackers: train.report_to
     if cfg.hub.push and accelerator.is_main_process:  # fail before any training time is spent
         hftl.check_push_access(cfg.hub.repo_id)
     run = claim(cfg, accelerator)  # before any model or data: output_dir is this run's, and one run writes there
@@ -43,6 +49,7 @@ def _main(cfg: Config, accelerator, run: RunDir) -> dict:
     hftl.set_seed(cfg.train.seed)
     splits = hftl.load_splits(cfg.data)
     labels = hftl.label_names(splits)
+    baselines = run_baselines(splits, cfg, accelerator)  # majority class and a classical model, same splits
     processor = hftl.load_processor(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
     check_max_length(cfg.model, processor)  # a text longer than the positions would crash mid-epoch
     model = hftl.load_classifier(
@@ -69,25 +76,40 @@ def _main(cfg: Config, accelerator, run: RunDir) -> dict:
     val_loader, test_loader = (
         hftl.make_loader(encoded[s], eval_size, collate, shuffle=False, num_workers=cfg.train.num_workers)
         for s in ("validation", "test"))
+    monitor = RunMonitor(accelerator, cfg, adapted.model, baselines=baselines)  # keeps W0 for the drift: first
+    run.logs("tensorboard")  # the tracker's folder (train.report_to): overwrite removes its event files
+    start_trackers(accelerator, cfg)
     trained, state = hftl.fit(adapted.model, loader, val_loader, accelerator, cfg.train, cfg.eval.metrics,
-                              checkpoint_dir=run.checkpoints("checkpoints"), resume=cfg.train.resume)
+                              checkpoint_dir=run.checkpoints("checkpoints"), resume=cfg.train.resume,
+                              monitor=monitor)
     train_seconds = time.perf_counter() - start
     test_loader = accelerator.prepare(test_loader)
+    test_scores, predictions = evaluate_with_predictions(trained, test_loader, accelerator, cfg.eval.metrics)
     metrics = {
-        "test": hftl.evaluate(trained, test_loader, accelerator, cfg.eval.metrics, "test"),
+        "test": test_scores,
         "validation": state.history[state.best_epoch - 1]["validation"],
         "train": {"seconds": train_seconds, "feature_seconds": feature_seconds, "epochs": state.epoch,
                   "steps": state.step, "best_epoch": state.best_epoch, "examples": len(encoded["train"]),
                   "trainable_params": adapted.trainable, "total_params": adapted.total},
         "history": state.history,
         "data": {"skipped": skipped},
+        "baselines": baselines,
+        "parameters": parameter_table(adapted.model),
     }
     accelerator.print(f"test: {metrics['test']}")
+    report_guard(metrics, cfg, accelerator)
     state_dict = accelerator.get_state_dict(trained)  # all processes: gathers FSDP / ZeRO-3 shards on the main one
     if accelerator.is_main_process:
         facts = hftl.transfer_facts(adapted, model, labels, splits, modality=modality_of(processor))
+        def extra(stage) -> None:  # in the staging folder: moved into place with the rest, then marked complete
+            write_predictions(stage, predictions, labels, splits["test"])
+            if cfg.eval.report:
+                write_report(stage, splits=splits)
+
         hftl.save_run(cfg.output_dir, cfg, accelerator.unwrap_model(trained), processor, metrics, facts,
-                      state_dict=state_dict)
+                      state_dict=state_dict, extra=extra)
+        if cfg.eval.report:
+            accelerator.print(f"report: {cfg.output_dir}/report.html")
         accelerator.print(f"run saved to {cfg.output_dir}")
         if cfg.hub.push:
             url = hftl.push(cfg.output_dir, cfg.hub.repo_id, private=cfg.hub.private,

@@ -8,8 +8,9 @@ Frozen features of the train and evaluation splits are computed once (and cached
 every k and seed of the frozen methods, and by a ``linear_probe`` full rung. The full rung is
 ``recipes/finetune.py`` with ``strategy.name`` (its run directory: ``output_dir/full``). Writes
 ``output_dir/config.yaml``, ``metrics.json`` (``zero_shot``, ``few_shot``, ``few_shot_transductive``, ``full``,
-``majority``, ``cost``, ``seconds``) and ``ladder.png``. The zero- and few-shot stages run on the main process.
-``output_dir`` follows the run-directory rules of hftl/rundir.py (``overwrite``, ``train.resume``; ``full`` too).
+``majority``, ``cost``, ``seconds``), ``ladder.png`` and ``report.html``. The zero- and few-shot stages run on the main
+process. ``output_dir`` follows the run-directory rules of hftl/rundir.py (``overwrite``, ``train.resume``; ``full``
+too).
 """
 
 from __future__ import annotations
@@ -187,6 +188,10 @@ def _main(cfg: Config, accelerator, run: RunDir, start: float) -> dict:
             from hftl.report import plot_ladder
 
             plot_ladder(metrics, stage / "ladder.png", title=title, full_label=f"all data, {cfg.strategy.name}")
+            if cfg.eval.report:
+                from hftl.reporting import write_report
+
+                write_report(stage)  # the ladder, the config, and a link to the full rung's own report
         accelerator.print(f"ladder written to {out}/metrics.json and ladder.png ({metrics['seconds']['total']:.0f} s)")
     return metrics
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ from hftl.pretraining import (
     stage_strategy,
 )
 from hftl.rundir import RunDir, claim
+from hftl.tracking import RunMonitor, start_trackers, tracker_kwargs
 from hftl.train import eval_batch, train_batch
 
 
@@ -47,7 +49,7 @@ def pretrain(cfg: Config, stage_dir: Path, run: RunDir) -> dict:
     p = cfg.pretrain
     stage_train = dataclasses.replace(cfg.train, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, head_lr=0.0,
                                       metric_for_best="loss", early_stopping_patience=0)
-    accelerator = hftl.make_accelerator(stage_train)
+    accelerator = hftl.make_accelerator(stage_train, **tracker_kwargs(cfg))  # trackers: train.report_to
     if p.strategy != "full" and accelerator.distributed_type == DistributedType.FSDP:
         # peft's trainable copy of the head (modules_to_save) keeps the original decoder tied to the input embedding
         # in another FSDP unit, which FSDP2 refuses; full fine-tuning of the stage shards (tested)
@@ -69,9 +71,11 @@ def pretrain(cfg: Config, stage_dir: Path, run: RunDir) -> dict:
                               seed=cfg.train.seed, group=stage_train.group_by_length,
                               num_workers=stage_train.num_workers)
     val_loader = hftl.make_loader(val, eval_batch(stage_train, accelerator), val_collate, shuffle=False)
+    run.logs("tensorboard")  # the tracker's folder: overwrite removes its event files
+    start_trackers(accelerator, cfg, "pretrain")
     trained, state = hftl.fit(model, loader, val_loader, accelerator, stage_train, [],
                               checkpoint_dir=run.checkpoints("checkpoints-pretrain"), resume=cfg.train.resume,
-                              evaluate_fn=masked_scores)
+                              evaluate_fn=masked_scores, monitor=RunMonitor(accelerator, cfg))
     if state.best_epoch < 1:  # a validation loss that never improved on -inf: NaN
         raise FloatingPointError(f"the masked stage's validation loss is not finite: {state.history[-1]}")
     metrics = {"validation": state.history[state.best_epoch - 1]["validation"],
@@ -114,6 +118,7 @@ def _main(cfg: Config, run: RunDir) -> dict:
         with run.final_save() as stage:  # moved into place, then marked complete
             save_config(cfg, stage / "config.yaml")
             (stage / "metrics.json").write_text(json.dumps({"pretrain": metrics}, indent=2, allow_nan=False))
+            _report(cfg, stage, out)
         return {"pretrain": metrics}
     from hftl.recipes.finetune import main as finetune
 
@@ -123,7 +128,19 @@ def _main(cfg: Config, run: RunDir) -> dict:
         with run.final_save() as stage:
             save_config(cfg, stage / "config.yaml")
             (stage / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=False))
+            _report(cfg, stage, out)
     return result
+
+
+def _report(cfg: Config, stage: Path, out: Path) -> None:
+    """The run report of both stages (the masked stage's curves and the fine-tuning's report, once metrics.json
+    holds both), written into the final save's ``stage`` with the fine-tuning's predictions beside it."""
+    if cfg.eval.report:
+        from hftl.reporting import write_report
+
+        if (out / "predictions.jsonl").is_file():
+            shutil.copy2(out / "predictions.jsonl", stage / "predictions.jsonl")
+        write_report(stage)
 
 
 if __name__ == "__main__":
