@@ -104,7 +104,7 @@ def _main(cfg: Config, accelerator, run: RunDir) -> dict:
         def extra(stage) -> None:  # in the staging folder: moved into place with the rest, then marked complete
             write_predictions(stage, predictions, labels, splits["test"])
             if cfg.eval.report:
-                write_report(stage, splits=splits)
+                write_report(stage, splits=splits, home=cfg.output_dir)
 
         hftl.save_run(cfg.output_dir, cfg, accelerator.unwrap_model(trained), processor, metrics, facts,
                       state_dict=state_dict, extra=extra)

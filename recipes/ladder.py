@@ -191,7 +191,7 @@ def _main(cfg: Config, accelerator, run: RunDir, start: float) -> dict:
             if cfg.eval.report:
                 from hftl.reporting import write_report
 
-                write_report(stage)  # the ladder, the config, and a link to the full rung's own report
+                write_report(stage, home=cfg.output_dir)  # the ladder, the config, full/'s report
         accelerator.print(f"ladder written to {out}/metrics.json and ladder.png ({metrics['seconds']['total']:.0f} s)")
     return metrics
 

@@ -140,7 +140,7 @@ def _report(cfg: Config, stage: Path, out: Path) -> None:
 
         if (out / "predictions.jsonl").is_file():
             shutil.copy2(out / "predictions.jsonl", stage / "predictions.jsonl")
-        write_report(stage)
+        write_report(stage, home=out)
 
 
 if __name__ == "__main__":

@@ -161,14 +161,19 @@ def _transfer(run_dir: Path, metrics: dict) -> list[tuple[str, str]]:
     return [H.section("Transfer: which weights trained and how far they moved", *parts)] if parts else []
 
 
-def _extras(run_dir: Path) -> list[tuple[str, str]]:
-    """Plots other stages drew: the ladder, the masked-modeling stage; a ladder's full rung has its own report."""
+def _extras(*dirs: Path) -> list[tuple[str, str]]:
+    """Plots other stages drew: the ladder, the masked-modeling stage; a ladder's full rung has its own report.
+    ``dirs``: where they may be (a staging folder, and the run directory it is moved into)."""
     out = []
-    if (run_dir / "ladder.png").is_file():
+
+    def there(rel: str) -> bool:
+        return any((d / rel).is_file() for d in dirs)
+
+    if there("ladder.png"):
         out.append(H.section("Transfer ladder", H.image("ladder.png", "ladder")))
-    if (run_dir / "pretrained" / "history.png").is_file():
+    if there("pretrained/history.png"):
         out.append(H.section("Masked-modeling stage", H.image("pretrained/history.png", "masked stage")))
-    if (run_dir / "full" / REPORT).is_file():
+    if there(f"full/{REPORT}"):
         out.append(H.section("Full fine-tuning rung", f'<p><a href="full/{REPORT}">its own report</a></p>'))
     return out
 
@@ -200,11 +205,12 @@ def _image_loader(run_dir: Path, rows: list[dict], splits):
     return image_of
 
 
-def write_report(run_dir: str | Path, *, splits=None) -> Path:
+def write_report(run_dir: str | Path, *, splits=None, home: str | Path | None = None) -> Path:
     """Build ``run_dir/report.html`` and its figures in ``run_dir/report/`` from the run directory's files.
 
     ``splits``: the run's raw splits (``hftl.load_splits``), for image thumbnails; without them the test split is
-    loaded again from ``config.yaml`` when the report shows images. Works on a staging directory too.
+    loaded again from ``config.yaml`` when the report shows images. Works on a staging directory too: ``home`` is
+    then the run directory it is moved into (its name, its other stages, its TensorBoard folder).
 
     Example:
         >>> write_report("runs/minilm-rt-lora")  # doctest: +SKIP
@@ -212,6 +218,7 @@ def write_report(run_dir: str | Path, *, splits=None) -> Path:
     import yaml
 
     run_dir = Path(run_dir)
+    home = Path(home) if home is not None else run_dir
     cfg_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
     cfg = yaml.safe_load(cfg_text) or {}
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
@@ -222,13 +229,13 @@ def write_report(run_dir: str | Path, *, splits=None) -> Path:
     image_of = _image_loader(run_dir, rows, splits)
     sections = [*_summary(metrics, metric), *_curves(run_dir, metrics, metric, f"{Path(model).name} · {strategy}"),
                 *_test(run_dir, rows), *_examples(run_dir, rows, image_of), *_transfer(run_dir, metrics),
-                *_extras(run_dir)]
-    if (run_dir / "tensorboard").is_dir():
+                *_extras(run_dir, home)]
+    if (home / "tensorboard").is_dir():
         sections.append(H.section("Logs", H.para(f"Per-step loss and learning rates, per-epoch scores and drift: "
-                                                 f"tensorboard --logdir {run_dir / 'tensorboard'}")))
+                                                 f"tensorboard --logdir {home / 'tensorboard'}")))
     sections.append(H.section("Config", H.para("The resolved config (config.yaml):", "note"),
                               f"<pre>{H.esc(cfg_text)}</pre>"))
-    html = H.page(f"hftl run: {run_dir.name}", f"{model} · strategy {strategy} · data {data}", sections)
+    html = H.page(f"hftl run: {home.name}", f"{model} · strategy {strategy} · data {data}", sections)
     path = run_dir / REPORT
     path.write_text(html, encoding="utf-8")
     return path
