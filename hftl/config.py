@@ -221,9 +221,9 @@ class StrategyConfig:
     merge: bool = _f(False, "Also export the adapter merged into the backbone (run_dir/merged).")
     after_probe: str = _f("full", "lp_ft: what trains after the linear probe, starting from the probed head: full, "
                                   "freeze_n, or a peft method (lora, ...; its arguments are strategy.peft).")
-    probe_epochs: float = _f(10.0, "lp_ft: epochs of the linear probe on cached features (best on validation kept).",
+    probe_epochs: float = _f(20.0, "lp_ft: epochs of the linear probe on cached features (best on validation kept).",
                              range="> 0")
-    probe_lr: float = _f(1e-3, "lp_ft: learning rate of the linear probe (AdamW on the head alone).", range="> 0")
+    probe_lr: float = _f(1e-2, "lp_ft: learning rate of the linear probe (AdamW on the head alone).", range="> 0")
 
     def __post_init__(self) -> None:
         check_fields(self, "strategy.")

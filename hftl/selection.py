@@ -351,7 +351,9 @@ def plot_selection(result: dict, path: str | Path) -> None:
                   if r["scores"][score] is not None]
         ax.scatter([p[0] for p in points], [p[1] for p in points])
         for x, y, name in points:
-            ax.annotate(slug(name)[-28:], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(re.split(r"[\\/]", name.rstrip("/"))[-1][:26], (x, y), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.margins(x=0.25)  # room for the names
         tau = result["kendall_tau"].get(score)
         ax.set_title(f"{names[score]}: Kendall's tau {'n/a' if tau is None else f'{tau:+.2f}'}", fontsize=9)
         ax.set_xlabel(names[score])

@@ -47,7 +47,7 @@ def test_fine_tuning_starts_from_the_probed_head(tiny_cfg, tmp_path, monkeypatch
     for name, value in seen["probed"].items():
         torch.testing.assert_close(seen["fit_start"][name], value)
     probe_facts = metrics["probe"]
-    assert probe_facts["validation_accuracy"] >= 0.75 and probe_facts["epochs"] == 10  # the tiny task is learnable
+    assert probe_facts["validation_accuracy"] >= 0.75 and probe_facts["epochs"] == 20  # the tiny task is learnable
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["probe"]["steps"] == probe_facts["steps"]
     assert (tmp_path / "run" / "model" / "adapter_config.json").exists() == (after == "lora")
