@@ -36,6 +36,7 @@ _EXPORTS = {
     "hftl.modeling": ["HftlConfig", "HftlForClassification"],
     "hftl.strategies": ["apply_strategy", "adapters_merged", "Adapted", "STRATEGIES", "transfer_facts"],
     "hftl.features": ["cached_features", "as_feature_datasets", "stack_collate"],
+    "hftl.lpft": ["probe_head"],
     "hftl.train": [
         "make_accelerator", "make_loader", "per_device_batch", "train_batch", "eval_batch", "fit", "evaluate",
         "predict", "enable_gradient_checkpointing", "save_checkpoint", "last_checkpoint",

@@ -23,12 +23,15 @@ RECIPES = {"finetune": "Fine-tune with any transfer strategy (recipes/finetune.p
            "ladder": "Zero-shot, few-shot curve and full fine-tuning on one plot (recipes/ladder.py).",
            "pretrain": "Masked-modeling pretraining, then fine-tuning if asked (recipes/pretrain_masked.py)."}
 MODULES = {"pretrain": "pretrain_masked"}  # command -> recipe module, where they differ
-USAGE = "usage: hftl {finetune,ladder,pretrain,config,push,report} ... [--debug] | hftl --version\n\n" + "\n".join(
-    f"  {name:<10} {text}" for name, text in {**RECIPES, "config": "List every config key with its help.",
-                                               "push": "Push RUN_DIR to the Hub: hftl push RUN_DIR REPO_ID [--what "
-                                                       "auto|model|adapter|merged] [--private] [--revision BRANCH]",
-                                               "report": "Rebuild RUN_DIR/report.html from the run directory: hftl "
-                                                         "report RUN_DIR"}.items())
+USAGE = ("usage: hftl {finetune,ladder,pretrain,select,config,push,report} ... [--debug] | hftl --version\n\n"
+         + "\n".join(f"  {name:<10} {text}" for name, text in {
+             **RECIPES,
+             "select": "Rank candidate backbones for the data before fine-tuning: hftl select --candidates A,B "
+                       "[--finetune STRATEGY] (hftl/selection.py).",
+             "config": "List every config key with its help.",
+             "push": "Push RUN_DIR to the Hub: hftl push RUN_DIR REPO_ID [--what auto|model|adapter|merged] "
+                     "[--private] [--revision BRANCH]",
+             "report": "Rebuild RUN_DIR/report.html from the run directory: hftl report RUN_DIR"}.items()))
 # What each recipe command does and writes, with one example: its --help, before the keys.
 ABOUT = {
     "finetune": "Fine-tune model.name on data.name with the transfer strategy strategy.name (linear_probe, head, "
@@ -45,6 +48,17 @@ ABOUT = {
                 "model in Hub format), config.yaml, metrics.json, and the fine-tuning run directory if asked.\n\n"
                 "example: hftl pretrain --config recipes/configs/text/minilm-rt-pretrain.yaml\n",
 }
+ABOUT["select"] = (
+    "Rank the backbones select.candidates (--candidates A,B,...) for data.name from one frozen pass each over the "
+    "train split (data.max_train_samples is the sample): LogME, leave-one-out kNN accuracy, LEEP where a candidate "
+    "has a source classification head, each with its cost. The features go through linear_probe's cache.\n"
+    "--finetune STRATEGY (select.finetune) then fine-tunes each candidate and reports Kendall's tau of each score "
+    "with its test train.metric_for_best.\nWrites output_dir/: config.yaml, selection.json, and with --finetune "
+    "selection.png and finetune/ (one run directory per candidate).\n\n"
+    "example: hftl select --config recipes/configs/text/minilm-rt-linear_probe.yaml --candidates "
+    "sentence-transformers/all-MiniLM-L6-v2,runs/minilm-2l data.max_train_samples=2000 "
+    "output_dir=runs/select\n")
+SELECT_FLAGS = {"--candidates": "select.candidates", "--finetune": "select.finetune"}
 # hftl's errors that mean bad input or config found before compute (exit 2), by the name of a class of hftl in their
 # MRO (subclasses such as RunDirError included): the CLI does not import the heavy modules that define most of them.
 BAD_INPUT = {"ConfigError", "DataError", "ModelNotFoundError", "HubAccessError", "AssetMissingError"}
@@ -88,6 +102,31 @@ def _report(argv: list[str]) -> int:
 
     print(write_report(args.run_dir))
     return 0
+
+
+def select_overrides(argv: list[str]) -> list[str]:
+    """``hftl select``'s flags as config overrides: ``--candidates a,b`` (or ``--candidates=a,b``) is
+    ``select.candidates=["a", "b"]``, ``--finetune lora`` is ``select.finetune=lora``; the rest passes through."""
+    import json
+
+    out, argv = [], list(argv)
+    while argv:
+        arg = argv.pop(0)
+        flag, _, value = arg.partition("=")
+        if flag in SELECT_FLAGS:
+            if not value:
+                if not argv:
+                    from hftl.config import ConfigError
+
+                    raise ConfigError(f"hftl select: {flag} needs a value, e.g. {flag} "
+                                      f"{'model_a,model_b' if flag == '--candidates' else 'linear_probe'}")
+                value = argv.pop(0)
+            if flag == "--candidates":
+                value = json.dumps([c.strip() for c in value.split(",") if c.strip()])
+            out.append(f"{SELECT_FLAGS[flag]}={value}")
+        else:
+            out.append(arg)
+    return out
 
 
 def _names(err: BaseException) -> set[str]:
@@ -150,6 +189,13 @@ def _run(command: str, rest: list[str], state: dict) -> int:
         cfg = parse_args(rest, prog=f"hftl {command}", about=ABOUT.get(command, ""))
         state["output_dir"] = cfg.output_dir
         importlib.import_module(f"hftl.recipes.{MODULES.get(command, command)}").main(cfg)
+        return 0
+    if command == "select":
+        from hftl.config import parse_args
+
+        cfg = parse_args(select_overrides(rest), prog="hftl select", about=ABOUT["select"])
+        state["output_dir"] = cfg.output_dir
+        importlib.import_module("hftl.selection").main(cfg)
         return 0
     if command == "config":
         from hftl.config import describe

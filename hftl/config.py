@@ -47,7 +47,7 @@ def _f(default: Any, help: str, choices: tuple | None = None, range: str | None 
 SEEDS = "[0, 4294967295]"  # numpy refuses seeds outside [0, 2**32)
 _NUMBER = r"-?\d+(?:\.\d*)?(?:e[-+]?\d+)?"
 _RANGE = re.compile(rf"(?:(>=|>)\s*({_NUMBER})|([\[(])\s*({_NUMBER})\s*,\s*({_NUMBER})\s*([\])]))\s*(.*)")
-BUILTIN_STRATEGIES = ("linear_probe", "head", "full", "freeze_n")  # registered by hftl.strategies
+BUILTIN_STRATEGIES = ("linear_probe", "head", "full", "freeze_n", "lp_ft")  # registered by hftl.strategies
 SHOT_METHODS = ("prototype", "probe", "setfit", "lora")  # registered by hftl.shots
 
 
@@ -219,9 +219,18 @@ class StrategyConfig:
     freeze_layers: int = _f(0, "freeze_n: freeze the embeddings and this many first layers.", range=">= 0")
     peft: dict = _f({}, "Arguments passed to the peft method's config (r, lora_alpha, target_modules, ...).")
     merge: bool = _f(False, "Also export the adapter merged into the backbone (run_dir/merged).")
+    after_probe: str = _f("full", "lp_ft: what trains after the linear probe, starting from the probed head: full, "
+                                  "freeze_n, or a peft method (lora, ...; its arguments are strategy.peft).")
+    probe_epochs: float = _f(20.0, "lp_ft: epochs of the linear probe on cached features (best on validation kept).",
+                             range="> 0")
+    probe_lr: float = _f(1e-2, "lp_ft: learning rate of the linear probe (AdamW on the head alone).", range="> 0")
 
     def __post_init__(self) -> None:
         check_fields(self, "strategy.")
+        if self.name == "lp_ft" and (self.after_probe in ("linear_probe", "head", "lp_ft") or (
+                peft_methods() and self.after_probe not in ("full", "freeze_n", *peft_methods()))):
+            raise ConfigError(f"strategy.after_probe={self.after_probe!r}: lp_ft fine-tunes after the probe with "
+                              f"full, freeze_n or a peft method ({', '.join(peft_methods())}); set one of them")
 
 
 @dataclass
@@ -332,6 +341,28 @@ class ShotsConfig:
         check_shots(self)
 
 
+@dataclass
+class SelectConfig:
+    candidates: list = _f([], "hftl select: Hub ids or local paths of the backbones to rank on data (any modality).",
+                          item=str)
+    knn_k: int = _f(5, "hftl select: neighbours of the leave-one-out cosine kNN accuracy.", range=">= 1")
+    leep: bool = _f(True, "hftl select: also score LEEP where a candidate has a source classification head (one "
+                          "more forward pass with that head).")
+    finetune: str = _f("", "hftl select: then fine-tune every candidate with this strategy (linear_probe, lora, "
+                           "full, ...) and rank-correlate each score with its test train.metric_for_best ('': no).")
+
+    def __post_init__(self) -> None:
+        check_fields(self, "select.")
+        if self.finetune:
+            try:
+                check_strategy_name(self.finetune)
+            except ConfigError as err:
+                raise ConfigError(str(err).replace("strategy.name=", "select.finetune=", 1)) from None
+        twice = sorted({c for c in self.candidates if self.candidates.count(c) > 1})
+        if twice:
+            raise ConfigError(f"select.candidates lists {twice} twice: list each candidate once")
+
+
 TEXT_SOURCES = ("train", "unlabeled")
 TEXT_FILES = (".txt", ".csv", ".json", ".jsonl")
 
@@ -391,6 +422,7 @@ class Config:
     hub: HubConfig = field(default_factory=HubConfig)
     shots: ShotsConfig = field(default_factory=ShotsConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
     output_dir: str = field(default="runs/default", metadata={"help": "Run directory (config, metrics, model, card)."})
     overwrite: bool = _f(False, "Replace the hftl run in output_dir: only the files hftl wrote there are removed "
                                 "(a folder hftl did not make is never written into).")

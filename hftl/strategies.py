@@ -141,6 +141,17 @@ def full(model: nn.Module, cfg: StrategyConfig) -> Adapted:
     return Adapted(model, "full")
 
 
+@register("lp_ft")
+def lp_ft(model: nn.Module, cfg: StrategyConfig) -> Adapted:
+    """LP-FT (Kumar et al. 2022): the recipe has probed the head on cached features (``hftl.lpft.probe_head``); from
+    that head, ``strategy.after_probe`` (full, freeze_n or a peft method) trains as it would alone."""
+    import dataclasses
+
+    then = apply_strategy(model, dataclasses.replace(cfg, name=cfg.after_probe))
+    then.strategy = "lp_ft"
+    return then
+
+
 @register("freeze_n")
 def freeze_n(model: nn.Module, cfg: StrategyConfig) -> Adapted:
     """Freeze the embeddings and the first ``strategy.freeze_layers`` blocks; the rest and the head train."""

@@ -7,7 +7,8 @@
 
 Launcher settings (CPU, DDP, FSDP, DeepSpeed) are in recipes/accelerate/; train.batch_size is the effective batch
 whatever the number of processes. The strategy (``strategy.name``) is a config value: linear_probe, head, full,
-freeze_n, or any peft method.
+freeze_n, lp_ft (a linear probe on cached features, then strategy.after_probe from the probed head), or any peft
+method.
 Writes the run directory (config.yaml, metrics.json, model/, README.md, predictions.jsonl, report.html with
 report/, tensorboard/) to ``output_dir``: a new or empty folder, or an earlier run there with ``overwrite=true``
 (replaced) or ``train.resume=true`` (continued); see hftl/rundir.py.
@@ -57,6 +58,8 @@ def _main(cfg: Config, accelerator, run: RunDir) -> dict:
         pooling=cfg.model.pooling, head_hidden=cfg.model.head_hidden, head_dropout=cfg.model.head_dropout,
         trust_remote_code=cfg.model.trust_remote_code, dtype=cfg.model.dtype,
     )
+    # lp_ft: the head first learns on cached features (linear_probe's cache: one backbone pass), then the rest trains
+    probe = hftl.probe_head(model, splits, processor, cfg, accelerator) if cfg.strategy.name == "lp_ft" else None
     adapted = hftl.apply_strategy(model, cfg.strategy)
     accelerator.print(f"strategy {adapted.strategy}: {adapted.trainable:,} of {adapted.total:,} parameters train")
     # the modality comes from the processor; train images are augmented unless features are cached
@@ -96,6 +99,8 @@ def _main(cfg: Config, accelerator, run: RunDir) -> dict:
         "baselines": baselines,
         "parameters": parameter_table(adapted.model),
     }
+    if probe is not None:
+        metrics["probe"] = probe
     accelerator.print(f"test: {metrics['test']}")
     report_guard(metrics, cfg, accelerator)
     state_dict = accelerator.get_state_dict(trained)  # all processes: gathers FSDP / ZeRO-3 shards on the main one
