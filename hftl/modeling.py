@@ -55,6 +55,10 @@ class HftlConfig(PretrainedConfig):
         head_dropout: float = 0.1,
         backbone_name: str | None = None,
         backbone_revision: str | None = None,
+        task: str = "classification",
+        threshold: float = 0.5,
+        target_mean: list[float] | None = None,
+        target_std: list[float] | None = None,
         **kwargs,
     ) -> None:
         if isinstance(backbone_config, dict):
@@ -65,6 +69,9 @@ class HftlConfig(PretrainedConfig):
         self.head_dropout = head_dropout
         self.backbone_name = backbone_name
         self.backbone_revision = backbone_revision
+        self.task = task  # the hftl.tasks entry that reads its outputs; problem_type (transformers') picks the loss
+        self.threshold = threshold  # multi_label: decision threshold on each label's probability
+        self.target_mean, self.target_std = target_mean, target_std  # regression: the standardisation undone
         # PretrainedConfig.__init__ sets the attention implementation on sub-configs too (None unless asked): a
         # backbone whose config then says None attends to padding. Keep the one it was loaded with.
         attn = getattr(backbone_config, "_attn_implementation_internal", None)
@@ -159,8 +166,12 @@ class HftlForClassification(PreTrainedModel):
         id2label: dict | None = None,
         name: str | None = None,
         revision: str | None = None,
+        **task_config,
     ) -> HftlForClassification:
-        """Put a new head on a loaded backbone (head replacement, written once for every family)."""
+        """Put a new head on a loaded backbone (head replacement, written once for every family).
+
+        ``task_config``: what the task records in the config (``task``, ``problem_type``, ``threshold``,
+        ``target_mean``/``target_std``): the loss and how outputs are read follow it."""
         id2label = id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
         config = HftlConfig(
             backbone_config=backbone.config,
@@ -172,6 +183,7 @@ class HftlForClassification(PreTrainedModel):
             num_labels=num_labels,
             id2label=dict(id2label),
             label2id={v: k for k, v in id2label.items()},
+            **task_config,
         )
         model = cls(config, backbone=backbone)
         model.head.apply(model._init_weights)
@@ -197,8 +209,24 @@ class HftlForClassification(PreTrainedModel):
         if features is None:
             features = self.features(**inputs)
         logits = self.head(features)
-        loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
+        loss = self.loss(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """By ``config.problem_type`` (transformers' names): cross-entropy on class ids; binary cross-entropy per
+        label on 0/1 floats (multi-label); mean squared error on standardised targets (regression: logits are the
+        standardised prediction, ``config.target_mean``/``target_std`` undo it)."""
+        logits = logits.float()
+        kind = self.config.problem_type
+        if kind == "multi_label_classification":
+            return nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
+        if kind == "regression":
+            target = labels.float().view_as(logits)
+            if self.config.target_mean is not None:
+                mean = torch.tensor(self.config.target_mean, device=logits.device)
+                target = (target - mean) / torch.tensor(self.config.target_std, device=logits.device)
+            return nn.functional.mse_loss(logits, target)
+        return nn.functional.cross_entropy(logits, labels)
 
 
 def register_auto_classes() -> None:

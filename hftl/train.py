@@ -48,11 +48,11 @@ from hftl.checkpoints import (  # noqa: F401 - public here too
 )
 from hftl.config import TrainConfig
 from hftl.data import LengthGroupedBatches
-from hftl.metrics import check_metrics, compute_metrics
 from hftl.strategies import adapters_merged, find_layers
 
 log = logging.getLogger(__name__)
 _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight", "layernorm.weight")
+LOWER_IS_BETTER = ("loss", "rmse", "mae", "mse")  # metrics whose best epoch has the lowest value
 
 
 class TrainingDiverged(RuntimeError):
@@ -362,10 +362,12 @@ def sharded(accelerator: Accelerator) -> bool:
 
 
 def evaluate(model, loader: DataLoader, accelerator: Accelerator, metrics: list[str], desc: str = "eval") -> dict:
+    """Scores of the model's task (``hftl.tasks``, recorded in its config) on a loader: flat floats, ``loss`` too."""
+    from hftl.tasks import task_of
+
     logits, labels = predict(model, loader, accelerator, desc)
-    scores = compute_metrics(metrics, logits.argmax(-1).tolist(), labels.tolist())
-    scores["loss"] = float(torch.nn.functional.cross_entropy(logits, labels))
-    return scores
+    config = accelerator.unwrap_model(model).config
+    return task_of(accelerator.unwrap_model(model)).scores(logits, labels, metrics, config)
 
 
 def _plain_steps(accelerator: Accelerator) -> bool:
@@ -444,7 +446,7 @@ def _end_epoch(state: LoopState, cfg: TrainConfig, train_loss: float, scores: di
     """Record the epoch in the loop state and the log; whether validation improved."""
     state.epoch += 1
     state.history.append({"epoch": state.epoch, "train_loss": train_loss, "validation": scores, "seconds": seconds})
-    score = scores[cfg.metric_for_best] * (-1 if cfg.metric_for_best == "loss" else 1)
+    score = scores[cfg.metric_for_best] * (-1 if cfg.metric_for_best in LOWER_IS_BETTER else 1)
     improved = score > state.best_score
     if improved:
         state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
@@ -476,7 +478,9 @@ def fit(model, train_loader: DataLoader, val_loader: DataLoader, accelerator: Ac
         ...                    checkpoint_dir="runs/x/checkpoints", resume=True)
     """
     if evaluate_fn is None:  # names of metrics and metric_for_best, before the first step (the caller's choice)
-        check_metrics(metrics, cfg.metric_for_best, trust_remote_code=True)
+        from hftl.tasks import task_of
+
+        task_of(model).check_best(metrics, cfg.metric_for_best, trust_remote_code=True)
     if isinstance(train_loader.batch_sampler, LengthGroupedBatches):  # one optimizer step = one group of batches
         train_loader.batch_sampler.accum = cfg.grad_accum
     groups = param_groups(model, cfg.lr, cfg.head_lr, cfg.weight_decay, cfg.layer_lr_decay,

@@ -14,10 +14,14 @@ from hftl.data.batching import drop_full_mask
 
 
 def encode_text(splits: DatasetDict, tokenizer, column: str, max_length: int) -> DatasetDict:
-    """Tokenize without padding (batches are padded to their own longest); keep ``label`` and ``length``."""
+    """Tokenize without padding (batches are padded to their own longest); keep ``label`` and ``length``.
+
+    A ``text_pair`` column (``data.text_pair_column``) is the second text of each pair."""
 
     def encode(batch: dict) -> dict:
-        out = tokenizer(batch[column], truncation=True, max_length=max_length)
+        # a pair (data.text_pair_column) is encoded as the tokenizer pairs two texts: [CLS] a [SEP] b [SEP] for BERT
+        pair = batch.get("text_pair")
+        out = tokenizer(batch[column], pair, truncation=True, max_length=max_length)
         out["length"] = [len(ids) for ids in out["input_ids"]]
         return out
 

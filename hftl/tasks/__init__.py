@@ -1,0 +1,84 @@
+"""Tasks answer "what is predicted": one small object per file, registered by name, read by the recipe and the loop.
+
+Strategies answer "what trains"; a task says everything that differs between kinds of prediction, so the loop,
+strategies, checkpoints, resume, the run directory, ``hftl.load`` and push never ask which task they run:
+
+- ``prepare_labels(raw, label, data_cfg, files) -> (splits, column)``: the raw label column(s) checked (a DataError
+  naming the split, row and column) and encoded; ``stratify``: whether splits keep class proportions;
+- ``label_names(splits, data_cfg)``: the model's ``id2label`` (classes, labels, or target names);
+- ``model_config(splits, cfg)``: what the task records in the model's config (``task``, transformers'
+  ``problem_type``, which picks the model's own loss; a threshold; a target scaling). The head is the model's
+  ``head`` module, which every strategy trains and saves (``hftl.strategies``);
+- ``encode_labels(encoded)``: the label column as the collator batches it (class ids, 0/1 floats, numbers);
+- ``check(cfg) -> metric_for_best`` before compute, and ``check_best(metrics, metric_for_best)`` in ``fit``;
+- ``scores(logits, labels, metrics, config)``: validation/test metrics (flat floats, ``loss`` included);
+- ``tune(config, logits, labels)``: settings chosen on validation after training (e.g. a threshold), saved;
+- ``outputs(logits, config)``: what ``predict`` returns per input; ``pipeline_tag(modality)``: the card's tag.
+
+Later tasks (sequence-to-sequence speech recognition, detection, token classification, multitask made of tasks)
+are each one more file here with their own model builder. ``task.name`` in the config picks one.
+
+Example:
+    >>> task = get_task("regression")  # doctest: +SKIP
+    >>> task.outputs(logits, model.config)  # doctest: +SKIP
+    [[3.2], [4.9]]
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+
+from hftl.config import ConfigError
+
+TASKS: dict[str, object] = {}
+_MODULES = ("classification", "multi_label", "regression")  # imported on first use, each registers itself
+DEFAULT = "classification"
+
+
+def register(name: str):
+    """Class decorator: ``@register("regression")`` puts one instance of the class in ``TASKS``."""
+
+    def wrap(cls):
+        TASKS[name] = cls()
+        cls.name = name
+        return cls
+
+    return wrap
+
+
+def _load_all() -> None:
+    for module in _MODULES:
+        importlib.import_module(f"hftl.tasks.{module}")
+
+
+def get_task(name: str):
+    """The registered task called ``name``; ConfigError listing the valid names otherwise."""
+    _load_all()
+    if name not in TASKS:
+        close = difflib.get_close_matches(str(name), list(TASKS), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"task.name={name!r} is unknown{hint}; choose one of {sorted(TASKS)}")
+    return TASKS[name]
+
+
+def task_of(model):
+    """The task a model was built for, from its config (``task``; a model without one is a classifier)."""
+    config = getattr(model, "config", None)
+    unwrap = getattr(model, "module", None)  # DDP wraps the model
+    if config is None and unwrap is not None:
+        config = getattr(unwrap, "config", None)
+    return get_task(getattr(config, "task", None) or DEFAULT)
+
+
+def resolve_best(cfg, keys: list[str], default: str, log=print) -> str:
+    """``train.metric_for_best`` for a task reporting ``keys``: the user's choice when reported; the schema's
+    default ("accuracy") becomes the task's ``default`` (logged); anything else is a ConfigError before compute."""
+    best = cfg.train.metric_for_best
+    if best in keys:
+        return best
+    if best == "accuracy":
+        log(f"train.metric_for_best: task {cfg.task.name} reports no accuracy; picking the best epoch by {default}")
+        return default
+    raise ConfigError(f"train.metric_for_best={best!r} is not reported by task.name={cfg.task.name}: it reports "
+                      f"{sorted(keys)}; set train.metric_for_best to one of them")
