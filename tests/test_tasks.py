@@ -119,3 +119,78 @@ def test_registry_and_config():
         load_config(None, ["task.name=regresion"])
     with pytest.raises(ConfigError, match="metric_for_best='f1' is not reported by task.name=regression"):
         get_task("regression").check(load_config(None, ["task.name=regression", "train.metric_for_best=f1"]))
+
+
+# -- bad input, named before compute (row and column) ---------------------------------------------------------------
+def _splits(task: str, *overrides):
+    cfg = load_config(None, [f"task.name={task}", *overrides])
+    return hftl.load_splits(cfg.data, get_task(task))
+
+
+def test_unknown_label_in_a_list_names_row_and_column(rows, tmp_path):
+    train = _jsonl(tmp_path / "train.jsonl", rows)
+    test = _jsonl(tmp_path / "test.jsonl", [*rows[:5], {"text": "good film", "tags": ["pos", "meh"]}])
+    with pytest.raises(hftl.DataError, match=r"column 'tags' has the unknown label 'meh' at row 6 of .*test.jsonl"):
+        _splits("multi_label", f"data.splits={{train: {train}, test: {test}}}", "data.label_column=tags")
+
+
+def test_label_list_column_that_is_not_lists(rows, tmp_path):
+    data = _csv(tmp_path / "d.csv", rows, ["text", "score"])
+    with pytest.raises(hftl.DataError, match=r"'score' holds 0 at row 1 of .*d.csv: task.name=multi_label needs a"):
+        _splits("multi_label", f"data.name={data}", "data.label_column=score")
+
+
+def test_01_column_with_another_value(rows, tmp_path):
+    data = _csv(tmp_path / "d.csv", [*rows[:20], {**rows[0], "neg": 2}], ["text", "pos", "neg"])
+    with pytest.raises(hftl.DataError, match=r"column 'neg' holds 2 at row 21 of .*d.csv: each label column must"):
+        _splits("multi_label", f"data.name={data}", "data.label_columns=[pos,neg]")
+
+
+def test_regression_target_not_a_number(rows, tmp_path):
+    data = _csv(tmp_path / "d.csv", [*rows[:20], {**rows[0], "score": "high"}], ["text", "score"])
+    with pytest.raises(hftl.DataError, match=r"target column 'score' holds 'high' at row 21 of .*d.csv: each target"):
+        _splits("regression", f"data.name={data}", "data.label_column=score")
+
+
+def test_pair_column_missing(rows, tmp_path):
+    data = _csv(tmp_path / "d.csv", rows, ["text", "score"])
+    with pytest.raises(hftl.DataError, match=r"data.text_pair_column='hypothesis' is not a column of split 'train'"):
+        _splits("regression", f"data.name={data}", "data.label_column=score", "data.text_pair_column=hypothesis")
+
+
+# -- sentence pairs -------------------------------------------------------------------------------------------------
+def _pair_rows(n: int, seed: int = 0) -> list[dict]:
+    """Two short texts; the label: whether they have the same sentiment (told only by the pair)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        a, b = rng.choice(["pos", "neg"]), rng.choice(["pos", "neg"])
+        out.append({"first": " ".join(rng.sample(WORDS[a], 1) + rng.sample(WORDS["neutral"], 2)),
+                    "second": " ".join(rng.sample(WORDS[b], 1) + rng.sample(WORDS["neutral"], 2)),
+                    "label": "same" if a == b else "different", "score": float(a == b), "second_kind": b})
+    return out
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_pairs_encoded_as_the_tokenizer_pairs_them(tiny_model, tmp_path, task):
+    data = _csv(tmp_path / "pairs.csv", _pair_rows(40), ["first", "second", "label", "score"])
+    label = "label" if task == "classification" else "score"
+    cfg = load_config(None, [f"task.name={task}", f"data.name={data}", "data.text_column=first",
+                             "data.text_pair_column=second", f"data.label_column={label}"])
+    splits = hftl.load_splits(cfg.data, get_task(task))
+    assert {"text", "text_pair", "label"} <= set(splits["train"].column_names)
+    tokenizer = hftl.load_processor(tiny_model)
+    encoded = hftl.encode_text(splits, tokenizer, "text", 64)
+    row, first = encoded["train"][0], splits["train"][0]
+    assert row["input_ids"] == tokenizer(first["text"], first["text_pair"])["input_ids"]
+    assert 1 in row["token_type_ids"]  # BERT's second segment
+
+
+def test_pair_classification_reads_the_second_text(tiny_model, tmp_path):
+    rows = [{**r, "first": " ".join(random.Random(i).sample(WORDS["neutral"], 3)), "label": r["second_kind"]}
+            for i, r in enumerate(_pair_rows(120))]  # the first text is neutral: the label is in the second
+    data = _csv(tmp_path / "pairs.csv", rows, ["first", "second", "label"])
+    cfg = load_config(None, _overrides(tiny_model, data, tmp_path, "full", "data.text_column=first",
+                                       "data.text_pair_column=second", "train.epochs=10"))
+    metrics = main(cfg)
+    assert metrics["test"]["accuracy"] >= 0.6, metrics["test"]

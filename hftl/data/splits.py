@@ -170,7 +170,10 @@ def load_splits(cfg: DataConfig, task=None) -> DatasetDict:
     raw = DatasetDict({rename[k]: v for k, v in raw.items()})
     files = {rename.get(k, k): v for k, v in files.items()}
     _check_pair_column(raw, cfg.text_pair_column)
-    _check_columns(raw, [column] + (list(cfg.label_columns) or [label]))
+    used = list(dict.fromkeys([column, *([cfg.text_pair_column] if cfg.text_pair_column else []),
+                               *(list(cfg.label_columns) or [label])]))
+    _check_columns(raw, used)
+    raw = DatasetDict({k: v.select_columns(used) for k, v in raw.items()})  # others would clash with "label"
     kind = input_kind(raw["train"], column)
     if task is None:
         raw = to_class_label(clean_labels(raw, label, cfg.missing_labels, files), label)
