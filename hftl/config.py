@@ -273,7 +273,13 @@ class TrainConfig:
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0: off).", range=">= 0 (0: off)")
     early_stopping_patience: int = _f(0, "Stop after this many evaluations without improvement (0: off).",
                                       range=">= 0 (0: off)")
-    metric_for_best: str = _f("accuracy", "Validation metric that picks the best checkpoint.")
+    metric_for_best: str = _f("auto", "Validation metric that picks the best checkpoint (auto: the task's; for "
+                                      "classification accuracy, or macro-F1 (f1) when train's classes are imbalanced, "
+                                      "the largest 3x the smallest or more).")
+    class_weights: object = _f("none", "classification: weights of the classes in the loss: none, balanced "
+                                       "(n / (classes x count), from train), or a list, one per class in label order.")
+    balanced_sampler: bool = _f(False, "classification: oversample train's smaller classes (seeded, once) so that "
+                                       "every class is seen as often as the largest.")
     mixed_precision: str = _f("auto", "auto: bf16 on GPUs that have it, fp32 on CPU.", ("auto", "no", "bf16", "fp16"))
     seed: int = _f(0, "Seed of initialisation, shuffling and dropout.", range=SEEDS)
     group_by_length: bool = _f(True, "Batch examples of similar length together (less padding).")
@@ -295,6 +301,21 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "train.")
+        check_class_weights(self)
+
+
+def check_class_weights(cfg: Any) -> None:
+    """``train.class_weights``: none, balanced, or a list of positive numbers (a text ``[1, 5]`` is read as YAML)."""
+    value = cfg.class_weights
+    if isinstance(value, str) and value.strip().startswith("["):
+        value = cfg.class_weights = _yaml_value(value, "train.class_weights")
+    if value in ("none", "balanced"):
+        return
+    if not isinstance(value, list) or not value or any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0 for v in value):
+        raise ConfigError(f"train.class_weights={value!r} must be none, balanced, or a list of positive numbers, one "
+                          f"per class in label order, e.g. [1, 5]")
+    cfg.class_weights = [float(v) for v in value]
 
 
 @dataclass

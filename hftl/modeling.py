@@ -59,6 +59,7 @@ class HftlConfig(PretrainedConfig):
         threshold: float = 0.5,
         target_mean: list[float] | None = None,
         target_std: list[float] | None = None,
+        class_weights: list[float] | None = None,
         **kwargs,
     ) -> None:
         if isinstance(backbone_config, dict):
@@ -72,6 +73,7 @@ class HftlConfig(PretrainedConfig):
         self.task = task  # the hftl.tasks entry that reads its outputs; problem_type (transformers') picks the loss
         self.threshold = threshold  # multi_label: decision threshold on each label's probability
         self.target_mean, self.target_std = target_mean, target_std  # regression: the standardisation undone
+        self.class_weights = class_weights  # classification: the loss weight of each class (train.class_weights)
         # PretrainedConfig.__init__ sets the attention implementation on sub-configs too (None unless asked): a
         # backbone whose config then says None attends to padding. Keep the one it was loaded with.
         attn = getattr(backbone_config, "_attn_implementation_internal", None)
@@ -226,7 +228,9 @@ class HftlForClassification(PreTrainedModel):
                 mean = torch.tensor(self.config.target_mean, device=logits.device)
                 target = (target - mean) / torch.tensor(self.config.target_std, device=logits.device)
             return nn.functional.mse_loss(logits, target)
-        return nn.functional.cross_entropy(logits, labels)
+        weight = self.config.class_weights
+        weight = torch.tensor(weight, device=logits.device) if weight else None
+        return nn.functional.cross_entropy(logits, labels, weight=weight)
 
 
 def register_auto_classes() -> None:

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -480,7 +481,10 @@ def fit(model, train_loader: DataLoader, val_loader: DataLoader, accelerator: Ac
     if evaluate_fn is None:  # names of metrics and metric_for_best, before the first step (the caller's choice)
         from hftl.tasks import task_of
 
-        task_of(model).check_best(metrics, cfg.metric_for_best, trust_remote_code=True)
+        task = task_of(model)
+        task.check_best(metrics, cfg.metric_for_best, trust_remote_code=True)
+        if cfg.metric_for_best == "auto":  # the task's default; a recipe that read the data resolved it already
+            cfg = dataclasses.replace(cfg, metric_for_best=task.auto_best(metrics))
     if isinstance(train_loader.batch_sampler, LengthGroupedBatches):  # one optimizer step = one group of batches
         train_loader.batch_sampler.accum = cfg.grad_accum
     groups = param_groups(model, cfg.lr, cfg.head_lr, cfg.weight_decay, cfg.layer_lr_decay,

@@ -37,9 +37,7 @@ def main(cfg: Config) -> dict:
     # the task (task.name), its metrics and metric_for_best, before any compute (else they fail at the first
     # evaluation)
     task = get_task(cfg.task.name)
-    best = task.check(cfg)
-    if best != cfg.train.metric_for_best:
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, metric_for_best=best))
+    task.check(cfg)
     accelerator = hftl.make_accelerator(cfg.train, **tracker_kwargs(cfg))  # trackers: train.report_to
     if cfg.hub.push and accelerator.is_main_process:  # fail before any training time is spent
         hftl.check_push_access(cfg.hub.repo_id)
@@ -54,7 +52,10 @@ def _main(cfg: Config, accelerator, run: RunDir, task) -> dict:
     hftl.set_seed(cfg.train.seed)
     splits = hftl.load_splits(cfg.data, task)
     labels = task.label_names(splits, cfg.data)
-    baselines = run_baselines(splits, cfg, accelerator, task)  # majority class and a classical model, same splits
+    # auto resolved once train is read (macro-F1 on imbalanced classes); the saved config keeps what the user set
+    train_cfg = dataclasses.replace(cfg.train, metric_for_best=task.best_metric(cfg, splits, accelerator.print))
+    resolved = dataclasses.replace(cfg, train=train_cfg)  # what the baselines, the monitor and the guard compare by
+    baselines = run_baselines(splits, resolved, accelerator, task)  # majority class and a classical model, same splits
     processor = hftl.load_processor(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
     check_max_length(cfg.model, processor)  # a text longer than the positions would crash mid-epoch
     model = hftl.load_classifier(
@@ -67,7 +68,7 @@ def _main(cfg: Config, accelerator, run: RunDir, task) -> dict:
     # the modality comes from the processor; train images are augmented unless features are cached
     encoded, skipped = encode(splits, processor, cfg.data, max_length=cfg.model.max_length,
                               augment=cfg.data.augment and not adapted.frozen_backbone, seed=cfg.train.seed)
-    encoded = task.encode_labels(encoded)
+    encoded = task.encode_labels(encoded, cfg)
     start = time.perf_counter()
     eval_size = eval_batch(cfg.train, accelerator)
     collate = hftl.collator_for(processor)
@@ -82,10 +83,10 @@ def _main(cfg: Config, accelerator, run: RunDir, task) -> dict:
     val_loader, test_loader = (
         hftl.make_loader(encoded[s], eval_size, collate, shuffle=False, num_workers=cfg.train.num_workers)
         for s in ("validation", "test"))
-    monitor = RunMonitor(accelerator, cfg, adapted.model, baselines=baselines)  # keeps W0 for the drift: first
+    monitor = RunMonitor(accelerator, resolved, adapted.model, baselines=baselines)  # keeps W0 for the drift: first
     run.logs("tensorboard")  # the tracker's folder (train.report_to): overwrite removes its event files
     start_trackers(accelerator, cfg)
-    trained, state = hftl.fit(adapted.model, loader, val_loader, accelerator, cfg.train, cfg.eval.metrics,
+    trained, state = hftl.fit(adapted.model, loader, val_loader, accelerator, train_cfg, cfg.eval.metrics,
                               checkpoint_dir=run.checkpoints("checkpoints"), resume=cfg.train.resume,
                               monitor=monitor)
     train_seconds = time.perf_counter() - start
@@ -107,7 +108,7 @@ def _main(cfg: Config, accelerator, run: RunDir, task) -> dict:
         **({"tuned": tuned} if tuned else {}),
     }
     accelerator.print(f"test: {metrics['test']}")
-    report_guard(metrics, cfg, accelerator)
+    report_guard(metrics, resolved, accelerator)
     state_dict = accelerator.get_state_dict(trained)  # all processes: gathers FSDP / ZeRO-3 shards on the main one
     if accelerator.is_main_process:
         facts = hftl.transfer_facts(adapted, model, labels, splits, modality=modality_of(processor))

@@ -81,7 +81,7 @@ def test_multi_label_round_trip(tiny_model, rows, tmp_path, strategy):
     saved = json.loads((tmp_path / "run" / "config.yaml").parent.joinpath("model", "config.json").read_text())
     assert saved["task"] == "multi_label" and saved["problem_type"] == "multi_label_classification"
     assert saved["threshold"] == metrics["tuned"]["threshold"]  # tuned on validation, saved with the model
-    assert load_config(tmp_path / "run" / "config.yaml").train.metric_for_best == "f1_micro"
+    assert load_config(tmp_path / "run" / "config.yaml").train.metric_for_best == "auto"  # as the user set it
     scores, outputs = _reloaded_scores(cfg, tmp_path / "run")
     assert scores == pytest.approx(metrics["test"], abs=1e-4)
     assert all(set(o) <= {"pos", "neg"} for o in outputs)
@@ -119,6 +119,11 @@ def test_registry_and_config():
         load_config(None, ["task.name=regresion"])
     with pytest.raises(ConfigError, match="metric_for_best='f1' is not reported by task.name=regression"):
         get_task("regression").check(load_config(None, ["task.name=regression", "train.metric_for_best=f1"]))
+    with pytest.raises(ConfigError, match="train.class_weights / train.balanced_sampler apply to task.name=classif"):
+        get_task("multi_label").check(load_config(None, ["task.name=multi_label", "train.class_weights=balanced"]))
+    with pytest.raises(ConfigError, match=r"train.class_weights=\[1, -2\] must be none, balanced, or a list"):
+        load_config(None, ["train.class_weights=[1, -2]"])
+    assert load_config(None, ["train.class_weights=[1, 5]"]).train.class_weights == [1.0, 5.0]
 
 
 # -- bad input, named before compute (row and column) ---------------------------------------------------------------
@@ -163,7 +168,7 @@ def _pair_rows(n: int, seed: int = 0) -> list[dict]:
     """Two short texts; the label: whether they have the same sentiment (told only by the pair)."""
     rng = random.Random(seed)
     out = []
-    for i in range(n):
+    for _ in range(n):
         a, b = rng.choice(["pos", "neg"]), rng.choice(["pos", "neg"])
         out.append({"first": " ".join(rng.sample(WORDS[a], 1) + rng.sample(WORDS["neutral"], 2)),
                     "second": " ".join(rng.sample(WORDS[b], 1) + rng.sample(WORDS["neutral"], 2)),
@@ -194,3 +199,41 @@ def test_pair_classification_reads_the_second_text(tiny_model, tmp_path):
                                        "data.text_pair_column=second", "train.epochs=10"))
     metrics = main(cfg)
     assert metrics["test"]["accuracy"] >= 0.6, metrics["test"]
+
+
+# -- imbalance ------------------------------------------------------------------------------------------------------
+def _imbalanced(tmp_path, n=100, rare_every=10) -> str:
+    from hftl.testing import tiny_text_rows
+
+    rows = [r for i, r in enumerate(tiny_text_rows(2 * n)) if r["label"] == "neg" or i % (2 * rare_every) == 1]
+    return _csv(tmp_path / "skewed.csv", rows, ["text", "label"])
+
+
+def test_imbalance_weights_sampler_and_macro_f1(tiny_model, tmp_path, capsys):
+    from hftl.tasks.classification import class_weights
+
+    data = _imbalanced(tmp_path)
+    cfg = load_config(None, _overrides(tiny_model, data, tmp_path, "full", "train.class_weights=balanced",
+                                       "train.balanced_sampler=true", "train.epochs=3"))
+    splits = hftl.load_splits(cfg.data, get_task("classification"))
+    labels = splits["train"]["label"][:]
+    assert get_task("classification").best_metric(cfg, splits, print) == "f1"  # 10:1 in train
+    assert "imbalanced" in capsys.readouterr().out
+    weights = class_weights("balanced", labels, ["neg", "pos"])
+    assert weights[1] > 3 * weights[0]
+    balanced = get_task("classification").encode_labels({"train": splits["train"]}, cfg)["train"]
+    assert balanced["label"][:].count(0) == balanced["label"][:].count(1) == labels.count(0)
+    metrics = main(cfg)
+    model = hftl.load(tmp_path / "run" / "model")[0]
+    assert model.config.class_weights == pytest.approx(weights)
+    assert {"accuracy", "f1"} <= set(metrics["test"])
+    with pytest.raises(ConfigError, match="train.class_weights has 3 weights but train has 2 classes"):
+        get_task("classification").model_config(splits, load_config(None, ["train.class_weights=[1,2,3]"]))
+
+
+def test_auto_best_is_accuracy_on_balanced_classes(tiny_csv):
+    cfg = load_config(None, [f"data.name={tiny_csv}"])
+    splits = hftl.load_splits(cfg.data, get_task("classification"))
+    assert cfg.train.metric_for_best == "auto"
+    assert get_task("classification").best_metric(cfg, splits, print) == "accuracy"
+    assert get_task("classification").auto_best(["f1"]) == "f1"

@@ -9,8 +9,9 @@ strategies, checkpoints, resume, the run directory, ``hftl.load`` and push never
 - ``model_config(splits, cfg)``: what the task records in the model's config (``task``, transformers'
   ``problem_type``, which picks the model's own loss; a threshold; a target scaling). The head is the model's
   ``head`` module, which every strategy trains and saves (``hftl.strategies``);
-- ``encode_labels(encoded)``: the label column as the collator batches it (class ids, 0/1 floats, numbers);
-- ``check(cfg) -> metric_for_best`` before compute, and ``check_best(metrics, metric_for_best)`` in ``fit``;
+- ``encode_labels(encoded, cfg)``: the label column as the collator batches it (class ids, 0/1 floats, numbers);
+- ``check(cfg)`` before compute; ``best_metric(cfg, splits, log)``: ``train.metric_for_best`` with ``auto``
+  resolved once the data is read; ``check_best(metrics, metric_for_best)`` and ``auto_best(metrics)`` in ``fit``;
 - ``scores(logits, labels, metrics, config)``: validation/test metrics (flat floats, ``loss`` included);
 - ``tune(config, logits, labels)``: settings chosen on validation after training (e.g. a threshold), saved;
 - ``outputs(logits, config)``: what ``predict`` returns per input; ``pipeline_tag(modality)``: the card's tag.
@@ -71,14 +72,20 @@ def task_of(model):
     return get_task(getattr(config, "task", None) or DEFAULT)
 
 
-def resolve_best(cfg, keys: list[str], default: str, log=print) -> str:
-    """``train.metric_for_best`` for a task reporting ``keys``: the user's choice when reported; the schema's
-    default ("accuracy") becomes the task's ``default`` (logged); anything else is a ConfigError before compute."""
+def only_classification(cfg) -> None:
+    """ConfigError when a classification-only setting (class weights, the balanced sampler) is set for another task."""
+    if cfg.train.class_weights != "none" or cfg.train.balanced_sampler:
+        raise ConfigError(f"train.class_weights / train.balanced_sampler apply to task.name=classification, not "
+                          f"{cfg.task.name}: set train.class_weights=none and train.balanced_sampler=false")
+
+
+def resolve_best(cfg, keys: list[str], default: str) -> str:
+    """``train.metric_for_best`` for a task reporting ``keys``: the user's choice when reported, ``default`` for
+    auto; anything else is a ConfigError before compute."""
     best = cfg.train.metric_for_best
     if best in keys:
         return best
-    if best == "accuracy":
-        log(f"train.metric_for_best: task {cfg.task.name} reports no accuracy; picking the best epoch by {default}")
+    if best == "auto":
         return default
     raise ConfigError(f"train.metric_for_best={best!r} is not reported by task.name={cfg.task.name}: it reports "
                       f"{sorted(keys)}; set train.metric_for_best to one of them")

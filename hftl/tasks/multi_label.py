@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hftl.tasks import register, resolve_best
+from hftl.tasks import only_classification, register, resolve_best
 
 KEYS = ("f1_micro", "f1_macro", "subset_accuracy", "loss")
 GRID = np.round(np.arange(0.05, 0.96, 0.05), 2)  # thresholds tried on validation
@@ -94,7 +94,7 @@ class MultiLabel:
         return {"task": self.name, "problem_type": "multi_label_classification",
                 "threshold": cfg.task.threshold or 0.5}
 
-    def encode_labels(self, encoded):
+    def encode_labels(self, encoded, cfg=None):
         """Class-id lists -> 0/1 float rows (``labels``), which the collator stacks into (batch, labels)."""
         from datasets import DatasetDict
 
@@ -110,11 +110,18 @@ class MultiLabel:
             out[name] = ds.map(hot, batched=True, fn_kwargs={"n": n}, remove_columns=["label"])
         return DatasetDict(out)
 
-    def check(self, cfg) -> str:
+    def check(self, cfg) -> None:
+        only_classification(cfg)
+        resolve_best(cfg, list(KEYS), "f1_micro")
+
+    def best_metric(self, cfg, splits=None, log=print) -> str:
         return resolve_best(cfg, list(KEYS), "f1_micro")
 
+    def auto_best(self, metrics) -> str:
+        return "f1_micro"
+
     def check_best(self, metrics, metric_for_best: str, trust_remote_code: bool = True) -> list[str]:
-        if metric_for_best not in KEYS and not metric_for_best.startswith("f1_label_"):
+        if metric_for_best not in KEYS and metric_for_best != "auto" and not metric_for_best.startswith("f1_label_"):
             from hftl.config import ConfigError
 
             raise ConfigError(f"train.metric_for_best={metric_for_best!r} is not reported by task.name=multi_label:"

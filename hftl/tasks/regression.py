@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hftl.tasks import register, resolve_best
+from hftl.tasks import only_classification, register, resolve_best
 
 KEYS = ("rmse", "mae", "pearson", "spearman", "loss")
 
@@ -66,14 +66,21 @@ class Regression:
             config.update(target_mean=targets.mean(0).tolist(), target_std=np.where(std > 0, std, 1.0).tolist())
         return config
 
-    def encode_labels(self, encoded):
+    def encode_labels(self, encoded, cfg=None):
         return encoded
 
-    def check(self, cfg) -> str:
+    def check(self, cfg) -> None:
+        only_classification(cfg)
+        resolve_best(cfg, list(KEYS), "rmse")
+
+    def best_metric(self, cfg, splits=None, log=print) -> str:
         return resolve_best(cfg, list(KEYS), "rmse")
 
+    def auto_best(self, metrics) -> str:
+        return "rmse"
+
     def check_best(self, metrics, metric_for_best: str, trust_remote_code: bool = True) -> list[str]:
-        if metric_for_best not in KEYS:
+        if metric_for_best not in KEYS and metric_for_best != "auto":
             from hftl.config import ConfigError
 
             raise ConfigError(f"train.metric_for_best={metric_for_best!r} is not reported by task.name=regression: "
