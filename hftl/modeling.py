@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
 
 # How backbone outputs become one vector, per model family (checked before the modality default).
 POOLING_BY_MODEL_TYPE = {
@@ -233,6 +233,24 @@ class HftlForClassification(PreTrainedModel):
         return nn.functional.cross_entropy(logits, labels, weight=weight)
 
 
+class HftlForTokenClassification(HftlForClassification):
+    """One label per token: the same backbone and ``head`` (built once in ``HftlForClassification``), applied to every
+    position instead of a pooled vector; cross-entropy over positions whose label is not -100 (padding, special
+    tokens, and every sub-token but a word's first). ``features()`` gives (batch, length, width) hidden states."""
+
+    def features(self, **inputs) -> torch.Tensor:
+        return self.backbone(**inputs, return_dict=True).last_hidden_state
+
+    def forward(self, labels: torch.Tensor | None = None, features: torch.Tensor | None = None, **inputs):
+        if features is None:
+            features = self.features(**inputs)
+        logits = self.head(features)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        return TokenClassifierOutput(loss=loss, logits=logits)
+
+
 def register_auto_classes() -> None:
     """Let the Auto classes load hftl run directories: done when this module is imported, which ``import hftl``
     arranges as soon as transformers' Auto model classes are imported."""
@@ -240,11 +258,13 @@ def register_auto_classes() -> None:
         AutoModelForAudioClassification,
         AutoModelForImageClassification,
         AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
     )
 
     AutoConfig.register("hftl", HftlConfig, exist_ok=True)
     for auto in (AutoModelForSequenceClassification, AutoModelForImageClassification, AutoModelForAudioClassification):
         auto.register(HftlConfig, HftlForClassification, exist_ok=True)
+    AutoModelForTokenClassification.register(HftlConfig, HftlForTokenClassification, exist_ok=True)
 
 
 register_auto_classes()

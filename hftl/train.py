@@ -345,16 +345,29 @@ def _model_inputs(batch: dict) -> dict:
 @torch.no_grad()
 def predict(model, loader: DataLoader, accelerator: Accelerator, desc: str = "eval",
             merge_adapters: bool = True) -> tuple[torch.Tensor, ...]:
-    """Logits and labels over a loader, gathered across processes without duplicates; peft adapters merged."""
+    """Logits and labels over a loader, gathered across processes without duplicates; peft adapters merged.
+    Per-token outputs (batch, length, classes) are padded to the longest batch (labels with -100)."""
     model.eval()
     logits, labels = [], []
     with adapters_merged(accelerator.unwrap_model(model), sharded(accelerator) or not merge_adapters):
         for batch in progress(loader, accelerator, desc):
             out = model(**{k: v for k, v in _model_inputs(batch).items() if k != "labels"})
-            lg, lb = accelerator.gather_for_metrics((out.logits.float().contiguous(), batch["labels"]))
+            lg, lb = out.logits.float().contiguous(), batch["labels"]
+            if lg.dim() == 3:  # one output per token: batches (and processes) differ in length
+                lg, lb = accelerator.pad_across_processes(lg, dim=1), accelerator.pad_across_processes(lb, 1, -100)
+            lg, lb = accelerator.gather_for_metrics((lg, lb))
             logits.append(lg)  # on the device until the end: no synchronisation per batch
             labels.append(lb)
+    if logits and logits[0].dim() == 3:
+        return _cat_padded(logits, 0.0), _cat_padded(labels, -100)
     return torch.cat(logits).cpu(), torch.cat(labels).cpu()
+
+
+def _cat_padded(parts: list[torch.Tensor], value: float) -> torch.Tensor:
+    """Concatenate per-token batches of different lengths along the batch, padded with ``value`` (-100: unscored)."""
+    length = max(p.shape[1] for p in parts)
+    return torch.cat([torch.nn.functional.pad(p, (0, 0) * (p.dim() - 2) + (0, length - p.shape[1]), value=value)
+                      for p in parts]).cpu()
 
 
 def sharded(accelerator: Accelerator) -> bool:

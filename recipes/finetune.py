@@ -58,11 +58,7 @@ def _main(cfg: Config, accelerator, run: RunDir, task) -> dict:
     baselines = run_baselines(splits, resolved, accelerator, task)  # majority class and a classical model, same splits
     processor = hftl.load_processor(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
     check_max_length(cfg.model, processor)  # a text longer than the positions would crash mid-epoch
-    model = hftl.load_classifier(
-        cfg.model.name, len(labels), id2label=dict(enumerate(labels)), revision=cfg.model.revision,
-        pooling=cfg.model.pooling, head_hidden=cfg.model.head_hidden, head_dropout=cfg.model.head_dropout,
-        trust_remote_code=cfg.model.trust_remote_code, dtype=cfg.model.dtype, **task.model_config(splits, cfg),
-    )
+    model = task.build_model(cfg, labels, splits)  # the backbone with the task's new head
     adapted = hftl.apply_strategy(model, cfg.strategy)
     accelerator.print(f"strategy {adapted.strategy}: {adapted.trainable:,} of {adapted.total:,} parameters train")
     # the modality comes from the processor; train images are augmented unless features are cached
@@ -71,8 +67,9 @@ def _main(cfg: Config, accelerator, run: RunDir, task) -> dict:
     encoded = task.encode_labels(encoded, cfg)
     start = time.perf_counter()
     eval_size = eval_batch(cfg.train, accelerator)
-    collate = hftl.collator_for(processor)
-    if adapted.frozen_backbone:  # linear probe: one backbone pass, then the head trains on cached features
+    collate = task.collator(processor)
+    if adapted.frozen_backbone and task.caches_features:  # linear probe: one backbone pass, then the head trains
+        # on cached features
         model.to(accelerator.device)
         encoded = hftl.as_feature_datasets(model, encoded, collate, accelerator, eval_size)
         collate = hftl.stack_collate

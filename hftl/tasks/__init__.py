@@ -6,6 +6,9 @@ strategies, checkpoints, resume, the run directory, ``hftl.load`` and push never
 - ``prepare_labels(raw, label, data_cfg, files) -> (splits, column)``: the raw label column(s) checked (a DataError
   naming the split, row and column) and encoded; ``stratify``: whether splits keep class proportions;
 - ``label_names(splits, data_cfg)``: the model's ``id2label`` (classes, labels, or target names);
+- ``build_model(cfg, labels, splits)`` and ``model_class()``: the model with its new head on the backbone (what
+  ``hftl.load`` rebuilds); ``collator(processor)``: how a batch is padded; ``caches_features``: whether frozen
+  strategies may train the head on cached pooled features;
 - ``model_config(splits, cfg)``: what the task records in the model's config (``task``, transformers'
   ``problem_type``, which picks the model's own loss; a threshold; a target scaling). The head is the model's
   ``head`` module, which every strategy trains and saves (``hftl.strategies``);
@@ -33,7 +36,8 @@ import importlib
 from hftl.config import ConfigError
 
 TASKS: dict[str, object] = {}
-_MODULES = ("classification", "multi_label", "regression")  # imported on first use, each registers itself
+# imported on first use, each registers itself
+_MODULES = ("classification", "multi_label", "regression", "token_classification")
 DEFAULT = "classification"
 
 
@@ -89,3 +93,33 @@ def resolve_best(cfg, keys: list[str], default: str) -> str:
         return default
     raise ConfigError(f"train.metric_for_best={best!r} is not reported by task.name={cfg.task.name}: it reports "
                       f"{sorted(keys)}; set train.metric_for_best to one of them")
+
+
+def build_classifier(cfg, labels: list[str], task_config: dict):
+    """A backbone with a new ``head`` of ``len(labels)`` outputs (``hftl.models.load_classifier``), the task's
+    settings recorded in its config: what the classification, multi-label and regression tasks build."""
+    from hftl.models import load_classifier
+
+    m = cfg.model
+    return load_classifier(m.name, len(labels), id2label=dict(enumerate(labels)), revision=m.revision,
+                           pooling=m.pooling, head_hidden=m.head_hidden, head_dropout=m.head_dropout,
+                           trust_remote_code=m.trust_remote_code, dtype=m.dtype, **task_config)
+
+
+def pooled_model_class():
+    """The model of the tasks with one pooled output per input (classification, multi-label, regression)."""
+    from hftl.modeling import HftlForClassification
+
+    return HftlForClassification
+
+
+def build_pooled(task, cfg, labels: list[str], splits):
+    """``build_model`` of the pooled tasks: ``build_classifier`` with the task's ``model_config``."""
+    return build_classifier(cfg, labels, task.model_config(splits, cfg))
+
+
+def modality_collator(processor):
+    """``collator`` of the pooled tasks: the modality's own (``hftl.data.collator_for``)."""
+    from hftl.data import collator_for
+
+    return collator_for(processor)

@@ -10,7 +10,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-from hftl.tasks import register
+from hftl.tasks import build_pooled, modality_collator, pooled_model_class, register
 
 IMBALANCED = 3.0  # train is imbalanced when its largest class has this many times the examples of its smallest
 
@@ -19,6 +19,10 @@ PIPELINE_TAGS = {"text": "text-classification", "vision": "image-classification"
 
 @register("classification")
 class Classification:
+    caches_features = True  # frozen strategies train the head on cached pooled features
+    model_class = staticmethod(pooled_model_class)
+    build_model = build_pooled
+    collator = staticmethod(modality_collator)
     tunes = False  # whether tune() chooses settings on validation after training
     stratify = True
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hftl.tasks import only_classification, register, resolve_best
+from hftl.tasks import build_pooled, modality_collator, only_classification, pooled_model_class, register, resolve_best
 
 KEYS = ("f1_micro", "f1_macro", "subset_accuracy", "loss")
 GRID = np.round(np.arange(0.05, 0.96, 0.05), 2)  # thresholds tried on validation
@@ -45,6 +45,10 @@ def _names_of(value) -> list:
 
 @register("multi_label")
 class MultiLabel:
+    caches_features = True  # frozen strategies train the head on cached pooled features
+    model_class = staticmethod(pooled_model_class)
+    build_model = build_pooled
+    collator = staticmethod(modality_collator)
     tunes = True  # whether tune() chooses settings on validation after training
     stratify = False
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hftl.tasks import only_classification, register, resolve_best
+from hftl.tasks import build_pooled, modality_collator, only_classification, pooled_model_class, register, resolve_best
 
 KEYS = ("rmse", "mae", "pearson", "spearman", "loss")
 
@@ -25,6 +25,10 @@ def _columns(label: str, cfg) -> list[str]:
 
 @register("regression")
 class Regression:
+    caches_features = True  # frozen strategies train the head on cached pooled features
+    model_class = staticmethod(pooled_model_class)
+    build_model = build_pooled
+    collator = staticmethod(modality_collator)
     tunes = False  # whether tune() chooses settings on validation after training
     stratify = False
 
