@@ -173,7 +173,9 @@ def load_splits(cfg: DataConfig, task=None) -> DatasetDict:
     used = list(dict.fromkeys([column, *([cfg.text_pair_column] if cfg.text_pair_column else []),
                                *(list(cfg.label_columns) or [label])]))
     _check_columns(raw, used)
-    raw = DatasetDict({k: v.select_columns(used) for k, v in raw.items()})  # others would clash with "label"
+    if "label" not in used:  # an unused column called "label" would clash with the label column's new name
+        raw = DatasetDict({k: v.remove_columns(["label"]) if "label" in v.column_names else v
+                           for k, v in raw.items()})
     kind = input_kind(raw["train"], column)
     if task is None:
         raw = to_class_label(clean_labels(raw, label, cfg.missing_labels, files), label)
