@@ -97,7 +97,8 @@ def _main(cfg: Config, accelerator, run: RunDir, task) -> dict:
         "validation": state.history[state.best_epoch - 1]["validation"],
         "train": {"seconds": train_seconds, "feature_seconds": feature_seconds, "epochs": state.epoch,
                   "steps": state.step, "best_epoch": state.best_epoch, "examples": len(encoded["train"]),
-                  "trainable_params": adapted.trainable, "total_params": adapted.total},
+                  "trainable_params": adapted.trainable, "total_params": adapted.total,
+                  "metric_for_best": train_cfg.metric_for_best},
         "history": state.history,
         "data": {"skipped": skipped},
         "baselines": baselines,
@@ -112,7 +113,7 @@ def _main(cfg: Config, accelerator, run: RunDir, task) -> dict:
         facts.update(task=cfg.task.name, pipeline_tag=task.pipeline_tag(facts["modality"]))
 
         def extra(stage) -> None:  # in the staging folder: moved into place with the rest, then marked complete
-            write_predictions(stage, predictions, labels, splits["test"])
+            write_predictions(stage, predictions, splits["test"])
             if cfg.eval.report:
                 write_report(stage, splits=splits, home=cfg.output_dir)
 

@@ -85,6 +85,10 @@ def test_multi_label_round_trip(tiny_model, rows, tmp_path, strategy):
     scores, outputs = _reloaded_scores(cfg, tmp_path / "run")
     assert scores == pytest.approx(metrics["test"], abs=1e-4)
     assert all(set(o) <= {"pos", "neg"} for o in outputs)
+    preds = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    assert [p["predicted"] for p in preds] == outputs  # the test split's rows, in order, as the reloaded model says
+    assert all(p["input"] and set(p["label"]) <= {"pos", "neg"} for p in preds)
+    assert (tmp_path / "run" / "report.html").is_file()
 
 
 def test_multi_label_from_01_columns(tiny_model, rows, tmp_path):
@@ -110,6 +114,11 @@ def test_regression_round_trip(tiny_model, rows, tmp_path, strategy):
     scores, outputs = _reloaded_scores(cfg, tmp_path / "run")
     assert scores == pytest.approx(metrics["test"], abs=1e-4)
     assert all(len(o) == 2 for o in outputs) and max(o[1] for o in outputs) > 2  # in the targets' units
+    preds = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    assert [v for p in preds for v in p["predicted"]] == pytest.approx([v for o in outputs for v in o], abs=1e-4)
+    rmse = (sum(e * e for p in preds for e in p["error"]) / (2 * len(preds))) ** 0.5
+    assert rmse == pytest.approx(metrics["test"]["rmse"], rel=1e-3)  # the rows are what the score was made of
+    assert (tmp_path / "run" / "report.html").is_file()
 
 
 def test_registry_and_config():

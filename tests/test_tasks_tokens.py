@@ -76,6 +76,9 @@ def test_token_classification_round_trip(tiny_model, tmp_path, strategy):
     assert task.scores(logits, labels, None, model.config) == pytest.approx(metrics["test"], abs=1e-4)
     tags = task.outputs(logits, model.config, labels)
     assert [len(t) for t in tags] == [len(w) for w in test["text"][:]]  # one tag per word
+    preds = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    assert [p["predicted"] for p in preds] == tags and [p["input"] for p in preds] == test["text"][:]
+    assert (tmp_path / "run" / "report.html").is_file()
 
 
 def test_token_lists_from_jsonl_and_seqeval_scores(tiny_model, tmp_path):

@@ -17,7 +17,9 @@ strategies, checkpoints, resume, the run directory, ``hftl.load`` and push never
   resolved once the data is read; ``check_best(metrics, metric_for_best)`` and ``auto_best(metrics)`` in ``fit``;
 - ``scores(logits, labels, metrics, config)``: validation/test metrics (flat floats, ``loss`` included);
 - ``tune(config, logits, labels)``: settings chosen on validation after training (e.g. a threshold), saved;
-- ``outputs(logits, config)``: what ``predict`` returns per input; ``pipeline_tag(modality)``: the card's tag.
+- ``outputs(logits, config)``: what ``predict`` returns per input; ``prediction_rows(logits, labels, config)``: the
+  rows of ``predictions.jsonl`` (label, predicted, ...); ``pipeline_tag(modality)``: the card's tag;
+- ``baselines``: whether ``hftl.baselines`` (majority class, a classical model) can score the task.
 
 Later tasks (sequence-to-sequence speech recognition, detection, token classification, multitask made of tasks)
 are each one more file here with their own model builder. ``task.name`` in the config picks one.

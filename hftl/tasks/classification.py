@@ -24,6 +24,7 @@ class Classification:
     build_model = build_pooled
     collator = staticmethod(modality_collator)
     tunes = False  # whether tune() chooses settings on validation after training
+    baselines = True  # whether hftl.baselines (majority class, a classical model) can score it
     stratify = True
 
     def prepare_labels(self, raw, label: str, cfg, files):
@@ -87,6 +88,17 @@ class Classification:
 
     def tune(self, config, logits, labels) -> dict:
         return {}
+
+    def prediction_rows(self, logits: torch.Tensor, labels: torch.Tensor, config) -> list[dict]:
+        """Per input: ``label`` and ``predicted`` (class names), ``correct``, ``loss`` (its cross-entropy) and
+        ``scores`` (class name -> probability); ``logits`` ``[n, classes]``, ``labels`` ``[n]`` class ids."""
+        names = [config.id2label[i] for i in range(logits.shape[-1])]
+        probs = logits.float().softmax(-1)
+        losses = -probs[torch.arange(len(labels)), labels].clamp_min(1e-12).log()
+        return [{"label": names[y], "predicted": names[z], "correct": y == z, "loss": round(loss, 5),
+                 "scores": {n: round(v, 5) for n, v in zip(names, p, strict=True)}}
+                for p, y, z, loss in zip(probs.tolist(), labels.tolist(), probs.argmax(-1).tolist(), losses.tolist(),
+                                         strict=True)]
 
     def outputs(self, logits: torch.Tensor, config) -> list:
         """The predicted class name of each input."""

@@ -153,6 +153,16 @@ class MultiLabel:
         config.threshold = float(best)
         return {"threshold": float(best)}
 
+    def prediction_rows(self, logits: torch.Tensor, labels: torch.Tensor, config) -> list[dict]:
+        """Per input: ``label`` and ``predicted`` (lists of label names, at ``config.threshold``), ``correct`` (the
+        same set) and ``scores`` (label name -> probability); ``logits``, ``labels`` ``[n, labels]``."""
+        names = [config.id2label[i] for i in range(logits.shape[-1])]
+        probs = torch.sigmoid(logits.float())
+        true = [[names[j] for j in row.nonzero().flatten().tolist()] for row in labels >= 0.5]
+        return [{"label": t, "predicted": p, "correct": set(t) == set(p),
+                 "probabilities": {n: round(v, 5) for n, v in zip(names, q, strict=True)}}
+                for t, p, q in zip(true, self.outputs(logits, config), probs.tolist(), strict=True)]
+
     def outputs(self, logits: torch.Tensor, config) -> list:
         """The names of the labels whose probability reaches the threshold, per input."""
         on = torch.sigmoid(logits) >= config.threshold

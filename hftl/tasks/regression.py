@@ -110,6 +110,14 @@ class Regression:
     def tune(self, config, logits, labels, cfg=None) -> dict:
         return {}
 
+    def prediction_rows(self, logits: torch.Tensor, labels: torch.Tensor, config) -> list[dict]:
+        """Per input: ``label`` and ``predicted`` (lists of numbers in the targets' units) and ``error``
+        (predicted - label); ``logits`` ``[n, targets]``, ``labels`` ``[n]`` or ``[n, targets]``."""
+        pred = self.outputs(logits, config)
+        true = labels.double().view(len(pred), -1).tolist()
+        return [{"label": t, "predicted": p, "error": [round(a - b, 6) for a, b in zip(p, t, strict=True)]}
+                for t, p in zip(true, pred, strict=True)]
+
     def outputs(self, logits: torch.Tensor, config) -> list:
         """The predicted numbers of each input, in the targets' units (standardisation undone)."""
         values = logits.double()

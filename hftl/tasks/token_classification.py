@@ -145,6 +145,12 @@ class TokenClassification:
     def tune(self, config, logits, labels, cfg=None) -> dict:
         return {}
 
+    def prediction_rows(self, logits: torch.Tensor, labels: torch.Tensor, config) -> list[dict]:
+        """Per input: ``label`` and ``predicted`` (one tag per word), ``correct`` (every tag right);
+        ``logits`` ``[n, tokens, tags]``, ``labels`` ``[n, tokens]`` (-100 where not scored)."""
+        true, pred = _tag_lists(labels, labels, config.id2label), self.outputs(logits, config, labels)
+        return [{"label": t, "predicted": p, "correct": t == p} for t, p in zip(true, pred, strict=True)]
+
     def outputs(self, logits: torch.Tensor, config, labels: torch.Tensor | None = None) -> list:
         """The tag of each scored position (each word's first sub-token when ``labels`` marks them), per input."""
         marks = labels if labels is not None else torch.zeros(logits.shape[:2], dtype=torch.long)
