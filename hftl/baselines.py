@@ -232,14 +232,26 @@ def guard_lines(scores: dict, baselines: dict, metric: str, split: str = "test")
     return lines, warnings
 
 
-def run_baselines(splits, cfg, accelerator) -> dict:
-    """``score_baselines`` for a run (``{}`` when ``eval.baselines`` is off): fitted on the main process and shared
-    with the others (``train.stop_below_baseline`` stops every process at once); their validation scores printed.
+def run_baselines(splits, cfg, accelerator, task=None) -> dict:
+    """``score_baselines`` for a run (``{}`` when ``eval.baselines`` is off, or the task (``hftl.tasks``) has no
+    baselines: they predict one class per input): fitted on the main process and shared with the others
+    (``train.stop_below_baseline`` stops every process at once); their validation scores printed.
+
+    Raises ConfigError when ``train.stop_below_baseline`` is set for a task without baselines.
 
     Example:
-        >>> baselines = run_baselines(splits, cfg, accelerator)  # doctest: +SKIP
+        >>> baselines = run_baselines(splits, cfg, accelerator, task)  # doctest: +SKIP
     """
     if not cfg.eval.baselines:
+        return {}
+    if task is not None and not getattr(task, "baselines", False):
+        if cfg.train.stop_below_baseline:
+            from hftl.config import ConfigError
+
+            raise ConfigError(f"train.stop_below_baseline={cfg.train.stop_below_baseline} needs baselines, which "
+                              f"task.name={task.name} does not have (they are single-label classifiers): set it to 0")
+        accelerator.print(f"baselines: none for task.name={task.name} (eval.baselines scores single-label "
+                          "classifiers only)")
         return {}
     out = [score_baselines(splits, cfg.eval.metrics, max_seconds=cfg.data.max_seconds)
            if accelerator.is_main_process else None]

@@ -32,17 +32,18 @@ def _metadata(cfg: dict, metrics: dict, facts: dict) -> dict:
         for name, value in metrics.get("test", {}).items()
         if name != "loss"
     ]
+    tag = facts.get("pipeline_tag") or PIPELINE_TAGS.get(facts.get("modality", "text"), "text-classification")
     meta = {
         "base_model": cfg["model"]["name"],
         "library_name": "peft" if facts.get("peft_config") else "transformers",
-        "pipeline_tag": PIPELINE_TAGS.get(facts.get("modality", "text"), "text-classification"),
+        "pipeline_tag": tag,
         "tags": ["hftl", "transfer-learning", cfg["strategy"]["name"]],
         "model-index": [
             {
                 "name": facts.get("name", "hftl-model"),
                 "results": [
                     {
-                        "task": {"type": PIPELINE_TAGS.get(facts.get("modality", "text"), "text-classification")},
+                        "task": {"type": tag},
                         "dataset": {"name": cfg["data"]["name"], "type": cfg["data"]["name"], "split": "test"},
                         "metrics": results,
                     }
@@ -65,6 +66,7 @@ def model_card(cfg: dict, metrics: dict, facts: dict) -> str:
     """Markdown with YAML front matter, filled from the run's config, metrics and strategy facts."""
     trainable, total = facts.get("trainable_params", 0), facts.get("total_params", 1)
     strategy = {
+        "task": cfg.get("task", {}).get("name", "classification"),
         "strategy": cfg["strategy"]["name"],
         "trainable parameters": f"{trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)",
         "frozen": ", ".join(facts.get("frozen", [])) or "nothing",

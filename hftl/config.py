@@ -49,6 +49,7 @@ _NUMBER = r"-?\d+(?:\.\d*)?(?:e[-+]?\d+)?"
 _RANGE = re.compile(rf"(?:(>=|>)\s*({_NUMBER})|([\[(])\s*({_NUMBER})\s*,\s*({_NUMBER})\s*([\])]))\s*(.*)")
 BUILTIN_STRATEGIES = ("linear_probe", "head", "full", "freeze_n", "lp_ft")  # registered by hftl.strategies
 SHOT_METHODS = ("prototype", "probe", "setfit", "lora")  # registered by hftl.shots
+BUILTIN_TASKS = ("classification", "multi_label", "regression", "token_classification")  # registered by hftl.tasks
 
 
 def in_range(value: float, spec: str) -> bool:
@@ -197,6 +198,10 @@ class DataConfig:
         ("error", "drop"),
     )
     encoding: str = _f("utf-8", "Text encoding of CSV/TSV/JSON data files (e.g. latin-1, cp1252, utf-16).")
+    label_columns: list = _f([], "multi_label: several 0/1 columns, one per label; regression: one column per "
+                                 "target (empty: data.label_column).", item=str)
+    text_pair_column: str = _f("", "Column holding the second text of a pair (entailment, duplicates), encoded as the "
+                                   "tokenizer pairs two texts (empty: one text per input).")
 
     def __post_init__(self) -> None:
         check_fields(self, "data.")
@@ -208,6 +213,30 @@ class DataConfig:
             raise ConfigError(
                 f"data.encoding={self.encoding!r} is not a known text encoding; use e.g. utf-8, latin-1 or cp1252"
             ) from None
+
+
+@dataclass
+class TaskConfig:
+    name: str = _f("classification", "What is predicted (hftl.tasks): classification (one label per input), "
+                                     "multi_label (any number of labels), regression (one or more numbers), "
+                                     "token_classification (one tag per word).")
+    threshold: float = _f(0.0, "multi_label: the decision threshold on each label's probability (0: tuned on "
+                               "validation after training, saved in the model's config).", range="[0, 1) (0: tuned)")
+    standardize: bool = _f(True, "regression: train on standardised targets (train mean and std, saved in the "
+                                 "model's config and undone at predict).")
+
+    def __post_init__(self) -> None:
+        check_fields(self, "task.")
+
+
+def check_task_name(name: str) -> None:
+    """``task.name`` is a built-in task or one registered in ``hftl.tasks`` (when loaded); else ConfigError."""
+    registry = getattr(sys.modules.get("hftl.tasks"), "TASKS", {})  # read, never imported here
+    known = sorted({*BUILTIN_TASKS, *registry})
+    if name not in known:
+        close = difflib.get_close_matches(str(name), known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"task.name={name!r} is unknown{hint}; choose one of {known}")
 
 
 @dataclass
@@ -254,7 +283,13 @@ class TrainConfig:
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0: off).", range=">= 0 (0: off)")
     early_stopping_patience: int = _f(0, "Stop after this many evaluations without improvement (0: off).",
                                       range=">= 0 (0: off)")
-    metric_for_best: str = _f("accuracy", "Validation metric that picks the best checkpoint.")
+    metric_for_best: str = _f("auto", "Validation metric that picks the best checkpoint (auto: the task's; for "
+                                      "classification accuracy, or macro-F1 (f1) when train's classes are imbalanced, "
+                                      "the largest 3x the smallest or more).")
+    class_weights: object = _f("none", "classification: weights of the classes in the loss: none, balanced "
+                                       "(n / (classes x count), from train), or a list, one per class in label order.")
+    balanced_sampler: bool = _f(False, "classification: oversample train's smaller classes (seeded, once) so that "
+                                       "every class is seen as often as the largest.")
     mixed_precision: str = _f("auto", "auto: bf16 on GPUs that have it, fp32 on CPU.", ("auto", "no", "bf16", "fp16"))
     seed: int = _f(0, "Seed of initialisation, shuffling and dropout.", range=SEEDS)
     group_by_length: bool = _f(True, "Batch examples of similar length together (less padding).")
@@ -276,6 +311,21 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "train.")
+        check_class_weights(self)
+
+
+def check_class_weights(cfg: Any) -> None:
+    """``train.class_weights``: none, balanced, or a list of positive numbers (a text ``[1, 5]`` is read as YAML)."""
+    value = cfg.class_weights
+    if isinstance(value, str) and value.strip().startswith("["):
+        value = cfg.class_weights = _yaml_value(value, "train.class_weights")
+    if value in ("none", "balanced"):
+        return
+    if not isinstance(value, list) or not value or any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0 for v in value):
+        raise ConfigError(f"train.class_weights={value!r} must be none, balanced, or a list of positive numbers, one "
+                          f"per class in label order, e.g. [1, 5]")
+    cfg.class_weights = [float(v) for v in value]
 
 
 @dataclass
@@ -415,6 +465,7 @@ class PretrainConfig:
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -456,6 +507,7 @@ def validate(cfg: Config) -> None:
     if t.stop_below_baseline < 0 or t.stop_below_baseline and not cfg.eval.baselines:
         raise ConfigError(f"train.stop_below_baseline={t.stop_below_baseline} needs a count >= 0 and "
                           "eval.baselines=true (the baselines it compares with)")
+    check_task_name(cfg.task.name)
     if cfg.hub.push and "/" not in cfg.hub.repo_id:
         raise ConfigError(f"hub.repo_id={cfg.hub.repo_id!r} must look like 'user/name' when hub.push=true")
 

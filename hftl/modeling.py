@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
 
 # How backbone outputs become one vector, per model family (checked before the modality default).
 POOLING_BY_MODEL_TYPE = {
@@ -55,6 +55,11 @@ class HftlConfig(PretrainedConfig):
         head_dropout: float = 0.1,
         backbone_name: str | None = None,
         backbone_revision: str | None = None,
+        task: str = "classification",
+        threshold: float = 0.5,
+        target_mean: list[float] | None = None,
+        target_std: list[float] | None = None,
+        class_weights: list[float] | None = None,
         **kwargs,
     ) -> None:
         if isinstance(backbone_config, dict):
@@ -65,6 +70,10 @@ class HftlConfig(PretrainedConfig):
         self.head_dropout = head_dropout
         self.backbone_name = backbone_name
         self.backbone_revision = backbone_revision
+        self.task = task  # the hftl.tasks entry that reads its outputs; problem_type (transformers') picks the loss
+        self.threshold = threshold  # multi_label: decision threshold on each label's probability
+        self.target_mean, self.target_std = target_mean, target_std  # regression: the standardisation undone
+        self.class_weights = class_weights  # classification: the loss weight of each class (train.class_weights)
         # PretrainedConfig.__init__ sets the attention implementation on sub-configs too (None unless asked): a
         # backbone whose config then says None attends to padding. Keep the one it was loaded with.
         attn = getattr(backbone_config, "_attn_implementation_internal", None)
@@ -159,8 +168,12 @@ class HftlForClassification(PreTrainedModel):
         id2label: dict | None = None,
         name: str | None = None,
         revision: str | None = None,
+        **task_config,
     ) -> HftlForClassification:
-        """Put a new head on a loaded backbone (head replacement, written once for every family)."""
+        """Put a new head on a loaded backbone (head replacement, written once for every family).
+
+        ``task_config``: what the task records in the config (``task``, ``problem_type``, ``threshold``,
+        ``target_mean``/``target_std``): the loss and how outputs are read follow it."""
         id2label = id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
         config = HftlConfig(
             backbone_config=backbone.config,
@@ -172,6 +185,7 @@ class HftlForClassification(PreTrainedModel):
             num_labels=num_labels,
             id2label=dict(id2label),
             label2id={v: k for k, v in id2label.items()},
+            **task_config,
         )
         model = cls(config, backbone=backbone)
         model.head.apply(model._init_weights)
@@ -197,8 +211,44 @@ class HftlForClassification(PreTrainedModel):
         if features is None:
             features = self.features(**inputs)
         logits = self.head(features)
-        loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
+        loss = self.loss(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """By ``config.problem_type`` (transformers' names): cross-entropy on class ids; binary cross-entropy per
+        label on 0/1 floats (multi-label); mean squared error on standardised targets (regression: logits are the
+        standardised prediction, ``config.target_mean``/``target_std`` undo it)."""
+        logits = logits.float()
+        kind = self.config.problem_type
+        if kind == "multi_label_classification":
+            return nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
+        if kind == "regression":
+            target = labels.float().view_as(logits)
+            if self.config.target_mean is not None:
+                mean = torch.tensor(self.config.target_mean, device=logits.device)
+                target = (target - mean) / torch.tensor(self.config.target_std, device=logits.device)
+            return nn.functional.mse_loss(logits, target)
+        weight = self.config.class_weights
+        weight = torch.tensor(weight, device=logits.device) if weight else None
+        return nn.functional.cross_entropy(logits, labels, weight=weight)
+
+
+class HftlForTokenClassification(HftlForClassification):
+    """One label per token: the same backbone and ``head`` (built once in ``HftlForClassification``), applied to every
+    position instead of a pooled vector; cross-entropy over positions whose label is not -100 (padding, special
+    tokens, and every sub-token but a word's first). ``features()`` gives (batch, length, width) hidden states."""
+
+    def features(self, **inputs) -> torch.Tensor:
+        return self.backbone(**inputs, return_dict=True).last_hidden_state
+
+    def forward(self, labels: torch.Tensor | None = None, features: torch.Tensor | None = None, **inputs):
+        if features is None:
+            features = self.features(**inputs)
+        logits = self.head(features)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        return TokenClassifierOutput(loss=loss, logits=logits)
 
 
 def register_auto_classes() -> None:
@@ -208,11 +258,13 @@ def register_auto_classes() -> None:
         AutoModelForAudioClassification,
         AutoModelForImageClassification,
         AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
     )
 
     AutoConfig.register("hftl", HftlConfig, exist_ok=True)
     for auto in (AutoModelForSequenceClassification, AutoModelForImageClassification, AutoModelForAudioClassification):
         auto.register(HftlConfig, HftlForClassification, exist_ok=True)
+    AutoModelForTokenClassification.register(HftlConfig, HftlForTokenClassification, exist_ok=True)
 
 
 register_auto_classes()

@@ -262,8 +262,11 @@ def load_classifier(
     head_dropout: float = 0.1,
     trust_remote_code: bool = False,
     dtype: str = "float32",
+    **task_config,
 ) -> HftlForClassification:
-    """A pretrained backbone with a new classification head (its old head, if any, is dropped)."""
+    """A pretrained backbone with a new classification head (its old head, if any, is dropped).
+
+    ``task_config``: recorded in the model's config by the task (``hftl.tasks``), e.g. ``problem_type``."""
     backbone, kwargs = load_backbone(name, revision, trust_remote_code, dtype)
     if pooling == "auto":
         pooling = default_pooling(backbone.config, sentence_pooling(name, kwargs))
@@ -277,6 +280,7 @@ def load_classifier(
         id2label=id2label,
         name=name,
         revision=revision,
+        **task_config,
     )
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hftl.card import model_card
 from hftl.config import Config, save_config
-from hftl.modeling import HftlConfig, HftlForClassification
+from hftl.modeling import HftlConfig
 from hftl.storage import names_disk_full
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,13 @@ def _write_run(run_dir: Path, cfg: Config, model, processor, metrics: dict, fact
     return run_dir
 
 
+def _model_class(config: HftlConfig) -> type:
+    """The model class of the task the run trained (``config.task``; hftl.tasks)."""
+    from hftl.tasks import get_task
+
+    return get_task(getattr(config, "task", None) or "classification").model_class()
+
+
 def load(path: str | Path, *, device: str | None = None, **kwargs):
     """A trained model (full, or adapter + head on its base) and its processor, from a model directory.
 
@@ -75,10 +82,10 @@ def load(path: str | Path, *, device: str | None = None, **kwargs):
 
         config = HftlConfig.from_pretrained(path)
         backbone, _ = load_backbone(config.backbone_name, config.backbone_revision or "main", **kwargs)
-        base = HftlForClassification(config, backbone=backbone)
+        base = _model_class(config)(config, backbone=backbone)
         model = PeftModel.from_pretrained(base, path)
     else:
-        model = HftlForClassification.from_pretrained(path)
+        model = _model_class(HftlConfig.from_pretrained(path)).from_pretrained(path)
     processor = load_processor(str(path))
     model.eval()
     return (model.to(device) if device else model), processor

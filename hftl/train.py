@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -48,11 +49,11 @@ from hftl.checkpoints import (  # noqa: F401 - public here too
 )
 from hftl.config import TrainConfig
 from hftl.data import LengthGroupedBatches
-from hftl.metrics import check_metrics, compute_metrics
 from hftl.strategies import adapters_merged, find_layers
 
 log = logging.getLogger(__name__)
 _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight", "layernorm.weight")
+LOWER_IS_BETTER = ("loss", "rmse", "mae", "mse")  # metrics whose best epoch has the lowest value
 
 
 class TrainingDiverged(RuntimeError):
@@ -344,16 +345,29 @@ def _model_inputs(batch: dict) -> dict:
 @torch.no_grad()
 def predict(model, loader: DataLoader, accelerator: Accelerator, desc: str = "eval",
             merge_adapters: bool = True) -> tuple[torch.Tensor, ...]:
-    """Logits and labels over a loader, gathered across processes without duplicates; peft adapters merged."""
+    """Logits and labels over a loader, gathered across processes without duplicates; peft adapters merged.
+    Per-token outputs (batch, length, classes) are padded to the longest batch (labels with -100)."""
     model.eval()
     logits, labels = [], []
     with adapters_merged(accelerator.unwrap_model(model), sharded(accelerator) or not merge_adapters):
         for batch in progress(loader, accelerator, desc):
             out = model(**{k: v for k, v in _model_inputs(batch).items() if k != "labels"})
-            lg, lb = accelerator.gather_for_metrics((out.logits.float().contiguous(), batch["labels"]))
+            lg, lb = out.logits.float().contiguous(), batch["labels"]
+            if lg.dim() == 3:  # one output per token: batches (and processes) differ in length
+                lg, lb = accelerator.pad_across_processes(lg, dim=1), accelerator.pad_across_processes(lb, 1, -100)
+            lg, lb = accelerator.gather_for_metrics((lg, lb))
             logits.append(lg)  # on the device until the end: no synchronisation per batch
             labels.append(lb)
+    if logits and logits[0].dim() == 3:
+        return _cat_padded(logits, 0.0), _cat_padded(labels, -100)
     return torch.cat(logits).cpu(), torch.cat(labels).cpu()
+
+
+def _cat_padded(parts: list[torch.Tensor], value: float) -> torch.Tensor:
+    """Concatenate per-token batches of different lengths along the batch, padded with ``value`` (-100: unscored)."""
+    length = max(p.shape[1] for p in parts)
+    return torch.cat([torch.nn.functional.pad(p, (0, 0) * (p.dim() - 2) + (0, length - p.shape[1]), value=value)
+                      for p in parts]).cpu()
 
 
 def sharded(accelerator: Accelerator) -> bool:
@@ -362,10 +376,12 @@ def sharded(accelerator: Accelerator) -> bool:
 
 
 def evaluate(model, loader: DataLoader, accelerator: Accelerator, metrics: list[str], desc: str = "eval") -> dict:
+    """Scores of the model's task (``hftl.tasks``, recorded in its config) on a loader: flat floats, ``loss`` too."""
+    from hftl.tasks import task_of
+
     logits, labels = predict(model, loader, accelerator, desc)
-    scores = compute_metrics(metrics, logits.argmax(-1).tolist(), labels.tolist())
-    scores["loss"] = float(torch.nn.functional.cross_entropy(logits, labels))
-    return scores
+    config = accelerator.unwrap_model(model).config
+    return task_of(accelerator.unwrap_model(model)).scores(logits, labels, metrics, config)
 
 
 def _plain_steps(accelerator: Accelerator) -> bool:
@@ -444,7 +460,7 @@ def _end_epoch(state: LoopState, cfg: TrainConfig, train_loss: float, scores: di
     """Record the epoch in the loop state and the log; whether validation improved."""
     state.epoch += 1
     state.history.append({"epoch": state.epoch, "train_loss": train_loss, "validation": scores, "seconds": seconds})
-    score = scores[cfg.metric_for_best] * (-1 if cfg.metric_for_best == "loss" else 1)
+    score = scores[cfg.metric_for_best] * (-1 if cfg.metric_for_best in LOWER_IS_BETTER else 1)
     improved = score > state.best_score
     if improved:
         state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
@@ -476,7 +492,12 @@ def fit(model, train_loader: DataLoader, val_loader: DataLoader, accelerator: Ac
         ...                    checkpoint_dir="runs/x/checkpoints", resume=True)
     """
     if evaluate_fn is None:  # names of metrics and metric_for_best, before the first step (the caller's choice)
-        check_metrics(metrics, cfg.metric_for_best, trust_remote_code=True)
+        from hftl.tasks import task_of
+
+        task = task_of(model)
+        task.check_best(metrics, cfg.metric_for_best, trust_remote_code=True)
+        if cfg.metric_for_best == "auto":  # the task's default; a recipe that read the data resolved it already
+            cfg = dataclasses.replace(cfg, metric_for_best=task.auto_best(metrics))
     if isinstance(train_loader.batch_sampler, LengthGroupedBatches):  # one optimizer step = one group of batches
         train_loader.batch_sampler.accum = cfg.grad_accum
     groups = param_groups(model, cfg.lr, cfg.head_lr, cfg.weight_decay, cfg.layer_lr_decay,

@@ -16,6 +16,7 @@ report/, tensorboard/) to ``output_dir``: a new or empty folder, or an earlier r
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 
@@ -24,40 +25,41 @@ from hftl.baselines import report_guard, run_baselines
 from hftl.config import Config
 from hftl.data import encode, modality_of
 from hftl.drift import parameter_table
-from hftl.metrics import check_metrics
 from hftl.models import check_max_length
 from hftl.reporting import evaluate_with_predictions, write_predictions, write_report
 from hftl.rundir import RunDir, claim
+from hftl.tasks import get_task
 from hftl.tracking import RunMonitor, quiet_unless_terminal, start_trackers, tracker_kwargs
 from hftl.train import eval_batch, train_batch
 
 
 def main(cfg: Config) -> dict:
     quiet_unless_terminal()
-    # names of metrics and metric_for_best, before any compute (else they fail at the first evaluation)
-    check_metrics(cfg.eval.metrics, cfg.train.metric_for_best, trust_remote_code=cfg.model.trust_remote_code)
+    # the task (task.name), its metrics and metric_for_best, before any compute (else they fail at the first
+    # evaluation)
+    task = get_task(cfg.task.name)
+    task.check(cfg)
     accelerator = hftl.make_accelerator(cfg.train, **tracker_kwargs(cfg))  # trackers: train.report_to
     if cfg.hub.push and accelerator.is_main_process:  # fail before any training time is spent
         hftl.check_push_access(cfg.hub.repo_id)
     run = claim(cfg, accelerator)  # before any model or data: output_dir is this run's, and one run writes there
     try:
-        return _main(cfg, accelerator, run)
+        return _main(cfg, accelerator, run, task)
     finally:
         run.release()
 
 
-def _main(cfg: Config, accelerator, run: RunDir) -> dict:
+def _main(cfg: Config, accelerator, run: RunDir, task) -> dict:
     hftl.set_seed(cfg.train.seed)
-    splits = hftl.load_splits(cfg.data)
-    labels = hftl.label_names(splits)
-    baselines = run_baselines(splits, cfg, accelerator)  # majority class and a classical model, same splits
+    splits = hftl.load_splits(cfg.data, task)
+    labels = task.label_names(splits, cfg.data)
+    # auto resolved once train is read (macro-F1 on imbalanced classes); the saved config keeps what the user set
+    train_cfg = dataclasses.replace(cfg.train, metric_for_best=task.best_metric(cfg, splits, accelerator.print))
+    resolved = dataclasses.replace(cfg, train=train_cfg)  # what the baselines, the monitor and the guard compare by
+    baselines = run_baselines(splits, resolved, accelerator, task)  # majority class and a classical model, same splits
     processor = hftl.load_processor(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
     check_max_length(cfg.model, processor)  # a text longer than the positions would crash mid-epoch
-    model = hftl.load_classifier(
-        cfg.model.name, len(labels), id2label=dict(enumerate(labels)), revision=cfg.model.revision,
-        pooling=cfg.model.pooling, head_hidden=cfg.model.head_hidden, head_dropout=cfg.model.head_dropout,
-        trust_remote_code=cfg.model.trust_remote_code, dtype=cfg.model.dtype,
-    )
+    model = task.build_model(cfg, labels, splits)  # the backbone with the task's new head
     # lp_ft: the head first learns on cached features (linear_probe's cache: one backbone pass), then the rest trains
     probe = hftl.probe_head(model, splits, processor, cfg, accelerator) if cfg.strategy.name == "lp_ft" else None
     adapted = hftl.apply_strategy(model, cfg.strategy)
@@ -65,10 +67,12 @@ def _main(cfg: Config, accelerator, run: RunDir) -> dict:
     # the modality comes from the processor; train images are augmented unless features are cached
     encoded, skipped = encode(splits, processor, cfg.data, max_length=cfg.model.max_length,
                               augment=cfg.data.augment and not adapted.frozen_backbone, seed=cfg.train.seed)
+    encoded = task.encode_labels(encoded, cfg)
     start = time.perf_counter()
     eval_size = eval_batch(cfg.train, accelerator)
-    collate = hftl.collator_for(processor)
-    if adapted.frozen_backbone:  # linear probe: one backbone pass, then the head trains on cached features
+    collate = task.collator(processor)
+    if adapted.frozen_backbone and task.caches_features:  # linear probe: one backbone pass, then the head trains
+        # on cached features
         model.to(accelerator.device)
         encoded = hftl.as_feature_datasets(model, encoded, collate, accelerator, eval_size)
         collate = hftl.stack_collate
@@ -79,35 +83,42 @@ def _main(cfg: Config, accelerator, run: RunDir) -> dict:
     val_loader, test_loader = (
         hftl.make_loader(encoded[s], eval_size, collate, shuffle=False, num_workers=cfg.train.num_workers)
         for s in ("validation", "test"))
-    monitor = RunMonitor(accelerator, cfg, adapted.model, baselines=baselines)  # keeps W0 for the drift: first
+    monitor = RunMonitor(accelerator, resolved, adapted.model, baselines=baselines)  # keeps W0 for the drift: first
     run.logs("tensorboard")  # the tracker's folder (train.report_to): overwrite removes its event files
     start_trackers(accelerator, cfg)
-    trained, state = hftl.fit(adapted.model, loader, val_loader, accelerator, cfg.train, cfg.eval.metrics,
+    trained, state = hftl.fit(adapted.model, loader, val_loader, accelerator, train_cfg, cfg.eval.metrics,
                               checkpoint_dir=run.checkpoints("checkpoints"), resume=cfg.train.resume,
                               monitor=monitor)
     train_seconds = time.perf_counter() - start
-    test_loader = accelerator.prepare(test_loader)
+    # settings the task chooses on validation once trained (multi_label's threshold), saved in the model's config
+    val_loader, test_loader = accelerator.prepare(val_loader, test_loader)
+    tuned = task.tune(accelerator.unwrap_model(trained).config, *hftl.predict(trained, val_loader, accelerator),
+                      cfg) if task.tunes else {}
     test_scores, predictions = evaluate_with_predictions(trained, test_loader, accelerator, cfg.eval.metrics)
     metrics = {
         "test": test_scores,
         "validation": state.history[state.best_epoch - 1]["validation"],
         "train": {"seconds": train_seconds, "feature_seconds": feature_seconds, "epochs": state.epoch,
                   "steps": state.step, "best_epoch": state.best_epoch, "examples": len(encoded["train"]),
-                  "trainable_params": adapted.trainable, "total_params": adapted.total},
+                  "trainable_params": adapted.trainable, "total_params": adapted.total,
+                  "metric_for_best": train_cfg.metric_for_best},
         "history": state.history,
         "data": {"skipped": skipped},
         "baselines": baselines,
         "parameters": parameter_table(adapted.model),
+        **({"tuned": tuned} if tuned else {}),
     }
     if probe is not None:
         metrics["probe"] = probe
     accelerator.print(f"test: {metrics['test']}")
-    report_guard(metrics, cfg, accelerator)
+    report_guard(metrics, resolved, accelerator)
     state_dict = accelerator.get_state_dict(trained)  # all processes: gathers FSDP / ZeRO-3 shards on the main one
     if accelerator.is_main_process:
         facts = hftl.transfer_facts(adapted, model, labels, splits, modality=modality_of(processor))
+        facts.update(task=cfg.task.name, pipeline_tag=task.pipeline_tag(facts["modality"]))
+
         def extra(stage) -> None:  # in the staging folder: moved into place with the rest, then marked complete
-            write_predictions(stage, predictions, labels, splits["test"])
+            write_predictions(stage, predictions, splits["test"])
             if cfg.eval.report:
                 write_report(stage, splits=splits, home=cfg.output_dir)
 

@@ -161,7 +161,7 @@ def test_one_class_is_refused_also_after_dropping(tmp_path):
 def test_list_labels_are_refused_until_multilabel_exists(tmp_path):
     path = tmp_path / "tags.jsonl"
     path.write_text("".join(json.dumps({"text": f"t{i}", "label": ["x", "y"][: 1 + i % 2]}) + "\n" for i in range(12)))
-    with pytest.raises(DataError, match=r"holds lists.*multi-label\) is not supported yet"):
+    with pytest.raises(DataError, match=r"holds lists.*set task.name=multi_label"):
         load_splits(DataConfig(name=str(path)))
 
 

@@ -90,9 +90,14 @@ def test_worst_examples_and_thumbnails(tmp_path):
     probs = np.full((len(splits["test"]), 2), 0.1)
     probs[np.arange(len(probs)), 0] = 0.9  # always "dark": every bright image is wrong
     import torch
+    from transformers import PretrainedConfig
 
-    preds = Predictions(torch.tensor(probs), torch.tensor(splits["test"]["label"]))
-    write_predictions(run, preds, ["dark", "bright"], splits["test"])
+    from hftl.tasks import get_task
+
+    labels = torch.tensor(splits["test"]["label"])
+    rows = get_task("classification").prediction_rows(torch.tensor(probs).log(), labels,
+                                                      PretrainedConfig(id2label={0: "dark", 1: "bright"}))
+    write_predictions(run, Predictions(rows, labels), splits["test"])
     (run / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.5}}))
     write_report(run, splits=splits)
     thumbs = [src for src in _images(run) if "examples/" in src]

@@ -104,7 +104,7 @@ def _refuse_non_scalar(ds: Dataset, split: str, label: str) -> None:
         example = next((v for v in ds[label][:100] if v), [])
         raise DataError(
             f"data.label_column {label!r} holds lists in split {split!r} (e.g. {example!r}): several labels per "
-            f"example (multi-label) is not supported yet; give one label per row"
+            f"example is multi-label: set task.name=multi_label, or give one label per row"
         )
     raise DataError(f"data.label_column {label!r} holds {kind} values in split {split!r}: give one label per row")
 

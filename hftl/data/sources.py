@@ -25,7 +25,8 @@ from hftl import assets
 from hftl.config import DataConfig
 
 log = logging.getLogger(__name__)
-FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet",
+                 ".conll": "conll"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus")
 # Columns tried, in order, when data.input_column is empty and data.text_column is absent.
@@ -138,6 +139,8 @@ def _load_file(path: str, encoding: str = "utf-8") -> Dataset:
         raise DataError(f"cannot read {path}: use one of {sorted(FILE_BUILDERS)}")
     if not Path(path).is_file():
         raise DataError(f"data file {path} does not exist")
+    if suffix == ".conll":
+        return read_conll(path, encoding)
     kwargs = {"delimiter": "\t"} if suffix == ".tsv" else {}
     if FILE_BUILDERS[suffix] != "parquet":
         kwargs["encoding"] = encoding
@@ -199,6 +202,31 @@ def load_source(cfg: DataConfig) -> tuple[DatasetDict, str, str]:
                 f"file ({', '.join(FILE_BUILDERS)}), an image folder, or a Hub id on a connected machine"
             ) from err
     return raw, input_column(raw, cfg), cfg.label_column
+
+
+def read_conll(path: str, encoding: str = "utf-8") -> Dataset:
+    """A CoNLL-style file: one ``word ... tag`` line per word (first and last fields), a blank line between
+    sentences, ``-DOCSTART-`` lines skipped; columns ``tokens`` and ``tags``. DataError naming a line with one field.
+
+    Example:
+        >>> read_conll("train.conll")[0]  # doctest: +SKIP
+        {'tokens': ['EU', 'rejects', 'German'], 'tags': ['B-ORG', 'O', 'B-MISC']}
+    """
+    rows, words, tags = [], [], []
+    for number, line in enumerate(Path(path).read_text(encoding=encoding).splitlines(), 1):
+        fields = line.split()
+        if not fields or fields[0] == "-DOCSTART-":
+            if words:
+                rows.append({"tokens": words, "tags": tags})
+            words, tags = [], []
+            continue
+        if len(fields) < 2:
+            raise DataError(f"line {number} of {path} has one field {line.strip()!r}: a CoNLL line is 'word ... tag'")
+        words.append(fields[0])
+        tags.append(fields[-1])
+    if words:
+        rows.append({"tokens": words, "tags": tags})
+    return Dataset.from_list(rows)
 
 
 def source_files(cfg: DataConfig) -> dict[str, str]:

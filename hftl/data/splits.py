@@ -153,8 +153,12 @@ def split_overlaps(splits: DatasetDict, kind: str) -> dict[str, int]:
     return counts
 
 
-def load_splits(cfg: DataConfig) -> DatasetDict:
-    """train/validation/test with columns ``label`` and ``text``/``image``/``audio``: stratified where split here.
+def load_splits(cfg: DataConfig, task=None) -> DatasetDict:
+    """train/validation/test with columns ``label`` and ``text``/``image``/``audio`` (and ``text_pair`` when
+    ``data.text_pair_column`` is set): stratified where split here, when the task's labels are classes.
+
+    ``task``: an ``hftl.tasks`` entry, whose ``prepare_labels`` turns the raw label column(s) into ``label`` and
+    whose ``stratify`` says whether splits keep the class proportions; default single-label classification.
 
     Example:
         >>> load_splits(DataConfig(name="mnist_digits"))["train"].column_names  # doctest: +SKIP
@@ -165,31 +169,62 @@ def load_splits(cfg: DataConfig) -> DatasetDict:
     rename = {k: ("validation" if k in ("valid", "val", "dev") else k) for k in raw}
     raw = DatasetDict({rename[k]: v for k, v in raw.items()})
     files = {rename.get(k, k): v for k, v in files.items()}
-    _check_columns(raw, [column, label])
+    _check_pair_column(raw, cfg.text_pair_column)
+    used = list(dict.fromkeys([column, *([cfg.text_pair_column] if cfg.text_pair_column else []),
+                               *(list(cfg.label_columns) or [label])]))
+    _check_columns(raw, used)
+    if "label" not in used:  # an unused column called "label" would clash with the label column's new name
+        raw = DatasetDict({k: v.remove_columns(["label"]) if "label" in v.column_names else v
+                           for k, v in raw.items()})
     kind = input_kind(raw["train"], column)
-    raw = clean_labels(raw, label, cfg.missing_labels, files)
+    if task is None:
+        raw = to_class_label(clean_labels(raw, label, cfg.missing_labels, files), label)
+    else:
+        raw, label = task.prepare_labels(raw, label, cfg, files)
     if kind == "text":
         key = "data.input_column" if cfg.input_column else "data.text_column"
         raw = check_texts(raw, column, key, files)
-    raw = to_class_label(raw, label)
-    for old, new in ((label, "label"), (column, kind)):
-        if old != new:
+        if cfg.text_pair_column:
+            raw = check_texts(raw, cfg.text_pair_column, "data.text_pair_column", files)
+    renames = ((label, "label"), (column, kind), (cfg.text_pair_column, "text_pair"))
+    for old, new in renames:
+        if old and old != new:
             raw = DatasetDict({k: v.rename_column(old, new) for k, v in raw.items()})
     raw = DatasetDict({k: v.add_column(KEY, _keys_or_none(v, kind)) for k, v in raw.items()})  # before splitting
+    stratify = task is None or task.stratify
     if "test" not in raw:
-        parts = _stratified(raw["train"], cfg.split_seed, "in the data", f"data.test_size (now {cfg.test_size})",
-                            test_size=cfg.test_size)
+        parts = _split(raw["train"], stratify, cfg.split_seed, "in the data", f"data.test_size (now {cfg.test_size})",
+                       test_size=cfg.test_size)
         raw["train"], raw["test"] = parts["train"], parts["test"]
     if "validation" not in raw:
         size = cfg.validation_size / (1 - cfg.test_size)
-        parts = _stratified(raw["train"], cfg.split_seed, "in train after the test split",
-                            f"data.validation_size (now {cfg.validation_size})", test_size=size)
+        parts = _split(raw["train"], stratify, cfg.split_seed, "in train after the test split",
+                       f"data.validation_size (now {cfg.validation_size})", test_size=size)
         raw["train"], raw["validation"] = parts["train"], parts["test"]
-    raw["train"] = stratified_subset(raw["train"], cfg.max_train_samples, cfg.split_seed)
+    if stratify:
+        raw["train"] = stratified_subset(raw["train"], cfg.max_train_samples, cfg.split_seed)
+    elif 0 < cfg.max_train_samples < len(raw["train"]):
+        raw["train"] = raw["train"].shuffle(seed=cfg.split_seed).select(range(cfg.max_train_samples))
     splits = DatasetDict({k: raw[k] for k in SPLITS})
     _check_columns(splits, [kind, "label"])
     split_overlaps(splits, kind)
     return DatasetDict({k: v.remove_columns(KEY) for k, v in splits.items()})
+
+
+def _split(ds: Dataset, stratify: bool, seed: int, context: str, key: str, **size) -> DatasetDict:
+    """Stratified by class (``_stratified``), or a seeded random split when the labels are not one class each."""
+    if stratify:
+        return _stratified(ds, seed, context, key, **size)
+    return ds.train_test_split(seed=seed, **size)
+
+
+def _check_pair_column(raw: DatasetDict, pair: str) -> None:
+    """DataError naming ``data.text_pair_column`` when a split lacks it (before any model or data work)."""
+    for name, ds in raw.items() if pair else ():
+        if pair not in ds.column_names:
+            raise DataError(f"data.text_pair_column={pair!r} is not a column of split {name!r} (its columns: "
+                            f"{ds.column_names}): set data.text_pair_column to the second text's column, or to '' "
+                            f"for one text per input")
 
 
 def label_names(splits: DatasetDict) -> list[str]:

@@ -14,10 +14,18 @@ from hftl.data.batching import drop_full_mask
 
 
 def encode_text(splits: DatasetDict, tokenizer, column: str, max_length: int) -> DatasetDict:
-    """Tokenize without padding (batches are padded to their own longest); keep ``label`` and ``length``."""
+    """Tokenize without padding (batches are padded to their own longest); keep ``label`` and ``length``.
+
+    A ``text_pair`` column (``data.text_pair_column``) is the second text of each pair. A column of word lists is
+    tokenized as pre-split words, and ``word_ids`` (the word of each token, None for special tokens) is kept."""
 
     def encode(batch: dict) -> dict:
-        out = tokenizer(batch[column], truncation=True, max_length=max_length)
+        # a pair (data.text_pair_column) is encoded as the tokenizer pairs two texts: [CLS] a [SEP] b [SEP] for BERT
+        pair = batch.get("text_pair")
+        words = bool(batch[column]) and isinstance(batch[column][0], list)  # pre-split words (token tasks)
+        out = tokenizer(batch[column], pair, truncation=True, max_length=max_length, is_split_into_words=words)
+        if words:  # which word each token comes from: how word-level tags reach sub-word tokens
+            out["word_ids"] = [out.word_ids(i) for i in range(len(batch[column]))]
         out["length"] = [len(ids) for ids in out["input_ids"]]
         return out
 

@@ -126,7 +126,7 @@ def check_metrics(names: list[str], metric_for_best: str, *, trust_remote_code: 
             if metric_source(name) == "code":
                 _refuse_code(name, key)
     keys = sorted({k for name in names for k in _metric_keys(name, key)} | set(ALWAYS))
-    if metric_for_best not in keys:
+    if metric_for_best not in keys and metric_for_best != "auto":  # auto picks among the keys (hftl.tasks)
         raise ConfigError(
             f"train.metric_for_best={metric_for_best!r} is not computed: evaluation reports {keys} (from "
             f"{key}={names} and the loss); set train.metric_for_best to one of them, or add its metric to {key}"

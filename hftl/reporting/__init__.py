@@ -90,7 +90,7 @@ def _per_class(rows: list[dict], labels: list[str]) -> tuple[np.ndarray, list[li
 def _test(run_dir: Path, rows: list[dict]) -> list[tuple[str, str]]:
     from hftl.reporting.plots import plot_confusion
 
-    if not rows:
+    if not rows or "scores" not in rows[0]:  # class probabilities: single-label classification
         return []
     labels = list(rows[0]["scores"])
     matrix, table = _per_class(rows, labels)
@@ -123,6 +123,8 @@ def _example_cell(run_dir: Path, row: dict, image_of) -> str:
 
 
 def _examples(run_dir: Path, rows: list[dict], image_of) -> list[tuple[str, str]]:
+    if not rows or "scores" not in rows[0]:
+        return []
     wrong = sorted((r for r in rows if not r["correct"] and r.get("id") is not None), key=lambda r: -r["loss"])
     if not wrong:
         return []
@@ -222,7 +224,7 @@ def write_report(run_dir: str | Path, *, splits=None, home: str | Path | None = 
     cfg_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
     cfg = yaml.safe_load(cfg_text) or {}
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
-    metric = cfg.get("train", {}).get("metric_for_best", "accuracy")
+    metric = metrics.get("train", {}).get("metric_for_best") or cfg.get("train", {}).get("metric_for_best", "accuracy")
     model, strategy = cfg.get("model", {}).get("name", "?"), cfg.get("strategy", {}).get("name", "?")
     data = cfg.get("data", {}).get("name", "?")
     rows = read_predictions(run_dir)

@@ -1,12 +1,14 @@
 """Test-split predictions: scored once, in dataset order, and kept in ``output_dir/predictions.jsonl``.
 
-One JSON object a line: ``id`` (the row of the test split, as ``hftl.load_splits`` gives it), ``label`` and
-``predicted`` (class names), ``correct``, ``loss`` (the example's cross-entropy), ``scores`` (class name ->
-probability) and, where there is one, ``input`` (the text) or ``file`` (the image or audio file's path).
+One JSON object a line: ``id`` (the row of the test split, as ``hftl.load_splits`` gives it), the task's own
+``label`` and ``predicted`` (``task.prediction_rows``: for classification class names, ``correct``, ``loss`` (the
+example's cross-entropy) and ``scores`` (class name -> probability); label lists for multi-label, numbers for
+regression, tag lists for token classification) and, where there is one, ``input`` (the text) or ``file`` (the
+image or audio file's path).
 
 Example:
     >>> scores, preds = evaluate_with_predictions(model, test_loader, accelerator, ["accuracy"])  # doctest: +SKIP
-    >>> write_predictions("runs/x", preds, labels, splits["test"])  # doctest: +SKIP
+    >>> write_predictions("runs/x", preds, splits["test"])  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ FILE = "predictions.jsonl"
 
 @dataclass
 class Predictions:
-    """Class probabilities ``[n, classes]`` and labels ``[n]`` of a split, rows in dataset order when ``order``
-    could be read from the loader (else in loader order, and ``ordered`` is False)."""
+    """One row per example of a split (``task.prediction_rows``: label, predicted, ...) and its labels (first
+    dimension: examples), in dataset order when ``order`` could be read from the loader (else in loader order, and
+    ``ordered`` is False)."""
 
-    probs: torch.Tensor
+    rows: list[dict]
     labels: torch.Tensor
     ordered: bool = True
 
@@ -54,19 +57,19 @@ def evaluate_with_predictions(model, loader, accelerator, metrics: list[str], de
     Example:
         >>> scores, preds = evaluate_with_predictions(model, test_loader, accelerator, ["accuracy"])  # doctest: +SKIP
     """
-    from hftl.metrics import compute_metrics
+    from hftl.tasks import task_of
     from hftl.train import predict
 
     logits, labels = predict(model, loader, accelerator, desc)
-    scores = compute_metrics(metrics, logits.argmax(-1).tolist(), labels.tolist())
-    scores["loss"] = float(torch.nn.functional.cross_entropy(logits, labels))
+    config = accelerator.unwrap_model(model).config
+    task = task_of(accelerator.unwrap_model(model))
+    scores = task.scores(logits, labels, metrics, config)
     order = loader_order(loader, len(labels))
-    probs = logits.float().softmax(-1)
-    if order is None:
-        return scores, Predictions(probs, labels, ordered=False)
-    back = torch.empty(len(order), dtype=torch.long)
-    back[torch.as_tensor(order)] = torch.arange(len(order))
-    return scores, Predictions(probs[back], labels[back])
+    if order is not None:
+        back = torch.empty(len(order), dtype=torch.long)
+        back[torch.as_tensor(order)] = torch.arange(len(order))
+        logits, labels = logits[back], labels[back]
+    return scores, Predictions(task.prediction_rows(logits, labels, config), labels, ordered=order is not None)
 
 
 def _input(value, kind: str) -> dict:
@@ -78,7 +81,7 @@ def _input(value, kind: str) -> dict:
     return {"file": value} if isinstance(value, str) and value else {}
 
 
-def write_predictions(run_dir: str | Path, preds: Predictions, label_names: list[str], test=None) -> Path:
+def write_predictions(run_dir: str | Path, preds: Predictions, test=None) -> Path:
     """Write ``run_dir/predictions.jsonl``; ``test`` (the raw test split) adds each row's text or file path,
     checked against the labels (a mismatch leaves the inputs out rather than pairing them wrongly)."""
     path = Path(run_dir) / FILE
@@ -89,18 +92,13 @@ def write_predictions(run_dir: str | Path, preds: Predictions, label_names: list
         from hftl.baselines import input_kind
 
         kind = input_kind(test)
-        if list(test["label"]) == preds.labels.tolist():
+        if preds.labels.dim() > 1 or preds.labels.is_floating_point() or list(test["label"]) == preds.labels.tolist():
             inputs = test[kind] if kind in ("text", "audio") or _has_paths(test, kind) else None
         else:
             log.warning("predictions: the test labels are not in dataset order; inputs left out of %s", path)
-    losses = -preds.probs[torch.arange(len(preds.labels)), preds.labels].clamp_min(1e-12).log()
-    predicted = preds.probs.argmax(-1)
     with path.open("w") as f:
-        for i, (p, y, z, loss) in enumerate(zip(preds.probs.tolist(), preds.labels.tolist(), predicted.tolist(),
-                                                losses.tolist(), strict=True)):
-            row = {"id": i if ordered else None, "label": label_names[y], "predicted": label_names[z],
-                   "correct": y == z, "loss": round(loss, 5),
-                   "scores": {name: round(s, 5) for name, s in zip(label_names, p, strict=True)}}
+        for i, task_row in enumerate(preds.rows):
+            row = {"id": i if ordered else None, **task_row}
             if inputs is not None:
                 row.update(_input(inputs[i], kind))
             f.write(json.dumps(row) + "\n")
