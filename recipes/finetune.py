@@ -100,8 +100,7 @@ def _main(cfg: Config, accelerator, run: RunDir, task) -> dict:
         "validation": state.history[state.best_epoch - 1]["validation"],
         "train": {"seconds": train_seconds, "feature_seconds": feature_seconds, "epochs": state.epoch,
                   "steps": state.step, "best_epoch": state.best_epoch, "examples": len(encoded["train"]),
-                  "trainable_params": adapted.trainable, "total_params": adapted.total,
-                  "metric_for_best": train_cfg.metric_for_best},
+                  "trainable_params": adapted.trainable, "total_params": adapted.total},
         "history": state.history,
         "data": {"skipped": skipped},
         "baselines": baselines,
@@ -120,7 +119,7 @@ def _main(cfg: Config, accelerator, run: RunDir, task) -> dict:
         def extra(stage) -> None:  # in the staging folder: moved into place with the rest, then marked complete
             write_predictions(stage, predictions, splits["test"])
             if cfg.eval.report:
-                write_report(stage, splits=splits, home=cfg.output_dir)
+                write_report(stage, splits=splits, home=cfg.output_dir, metric_for_best=train_cfg.metric_for_best)
 
         hftl.save_run(cfg.output_dir, cfg, accelerator.unwrap_model(trained), processor, metrics, facts,
                       state_dict=state_dict, extra=extra)

@@ -207,12 +207,30 @@ def _image_loader(run_dir: Path, rows: list[dict], splits):
     return image_of
 
 
-def write_report(run_dir: str | Path, *, splits=None, home: str | Path | None = None) -> Path:
+def _metric_for_best(cfg: dict, metrics: dict) -> str:
+    """config.yaml's train.metric_for_best; ``auto``: the task's choice among eval.metrics (for classification on
+    imbalanced data the run chose f1, which the recipe passes to write_report; a report built later says accuracy)."""
+    metric = cfg.get("train", {}).get("metric_for_best", "auto")
+    if metric != "auto":
+        return metric
+    from hftl.tasks import get_task
+
+    task = get_task(cfg.get("task", {}).get("name", "classification"))
+    try:
+        return task.auto_best(cfg.get("eval", {}).get("metrics") or list(metrics.get("validation", {})))
+    except Exception:  # noqa: BLE001 - a report of an older or partial run still renders
+        return "accuracy"
+
+
+def write_report(run_dir: str | Path, *, splits=None, home: str | Path | None = None,
+                 metric_for_best: str | None = None) -> Path:
     """Build ``run_dir/report.html`` and its figures in ``run_dir/report/`` from the run directory's files.
 
     ``splits``: the run's raw splits (``hftl.load_splits``), for image thumbnails; without them the test split is
     loaded again from ``config.yaml`` when the report shows images. Works on a staging directory too: ``home`` is
     then the run directory it is moved into (its name, its other stages, its TensorBoard folder).
+    ``metric_for_best``: the metric the run chose checkpoints by (the recipe passes what ``auto`` resolved to); by
+    default config.yaml's, with ``auto`` read as the task's first metric that the run reports.
 
     Example:
         >>> write_report("runs/minilm-rt-lora")  # doctest: +SKIP
@@ -224,7 +242,7 @@ def write_report(run_dir: str | Path, *, splits=None, home: str | Path | None = 
     cfg_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
     cfg = yaml.safe_load(cfg_text) or {}
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
-    metric = metrics.get("train", {}).get("metric_for_best") or cfg.get("train", {}).get("metric_for_best", "accuracy")
+    metric = metric_for_best or _metric_for_best(cfg, metrics)
     model, strategy = cfg.get("model", {}).get("name", "?"), cfg.get("strategy", {}).get("name", "?")
     data = cfg.get("data", {}).get("name", "?")
     rows = read_predictions(run_dir)
