@@ -270,7 +270,8 @@ def save_code(model_dir) -> None:
     ``AutoModelForSequenceClassification.from_pretrained(model_dir, trust_remote_code=True)`` (or
     ``AutoModelForTokenClassification``) rebuilds the model; transformers refuses without ``trust_remote_code``,
     naming it. The copy does not register itself with the Auto classes (hftl's own registration stays hftl's).
-    A directory whose config is not hftl's (a peft adapter's ``config.json`` is its base's) is left as it is."""
+    An adapter's directory holds its base's ``config.json`` (hftl's): it gets the code too. A directory whose
+    ``config.json`` is not hftl's (a transformers model) is left as it is."""
     import json
     from pathlib import Path
 
@@ -281,7 +282,8 @@ def save_code(model_dir) -> None:
         return
     source = Path(__file__).read_text(encoding="utf-8")
     call = "\nregister_auto_classes()\n"
-    source = source[: source.rindex(call)] + "\n# (hftl registers these classes itself; this copy is loaded by auto_map)\n"
+    note = "\n# (hftl registers these classes itself; this copy is loaded by auto_map)\n"
+    source = source[: source.rindex(call)] + note
     (model_dir / CODE_FILE).write_text(source, encoding="utf-8")
     config["auto_map"] = dict(AUTO_MAP)
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

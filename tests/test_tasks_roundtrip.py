@@ -69,7 +69,8 @@ def _test_batch(cfg, tokenizer) -> tuple[dict, torch.Tensor]:
     task = get_task(cfg.task.name)
     test = {"test": hftl.load_splits(cfg.data, task)["test"]}
     encoded = task.encode_labels(hftl.encode_text(test, tokenizer, "text", cfg.model.max_length))["test"]
-    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids", "labels", "label") if k in encoded.column_names]
+    wanted = ("input_ids", "attention_mask", "token_type_ids", "labels", "label")
+    keys = [k for k in wanted if k in encoded.column_names]
     batch = dict(task.collator(tokenizer)([{k: r[k] for k in keys} for r in encoded]))
     return batch, batch.pop("labels")
 
