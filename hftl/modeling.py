@@ -251,6 +251,44 @@ class HftlForTokenClassification(HftlForClassification):
         return TokenClassifierOutput(loss=loss, logits=logits)
 
 
+# config.json's auto_map of a saved hftl model: transformers' Auto classes load it from the copy of this module saved
+# beside the weights (save_code), with trust_remote_code=True and without hftl installed.
+AUTO_MAP = {
+    "AutoConfig": "modeling_hftl.HftlConfig",
+    "AutoModelForSequenceClassification": "modeling_hftl.HftlForClassification",
+    "AutoModelForImageClassification": "modeling_hftl.HftlForClassification",
+    "AutoModelForAudioClassification": "modeling_hftl.HftlForClassification",
+    "AutoModelForTokenClassification": "modeling_hftl.HftlForTokenClassification",
+}
+CODE_FILE = "modeling_hftl.py"
+
+
+def save_code(model_dir) -> None:
+    """Make a saved hftl model (``config.json`` with ``model_type: hftl``) loadable without hftl: this module's
+    source (torch and transformers only) written beside it as ``modeling_hftl.py``, and ``auto_map`` in its
+    ``config.json`` naming the classes in it. Then, in a process that never imports hftl,
+    ``AutoModelForSequenceClassification.from_pretrained(model_dir, trust_remote_code=True)`` (or
+    ``AutoModelForTokenClassification``) rebuilds the model; transformers refuses without ``trust_remote_code``,
+    naming it. The copy does not register itself with the Auto classes (hftl's own registration stays hftl's).
+    An adapter's directory holds its base's ``config.json`` (hftl's): it gets the code too. A directory whose
+    ``config.json`` is not hftl's (a transformers model) is left as it is."""
+    import json
+    from pathlib import Path
+
+    model_dir = Path(model_dir)
+    config_path = model_dir / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    if config.get("model_type") != HftlConfig.model_type:
+        return
+    source = Path(__file__).read_text(encoding="utf-8")
+    call = "\nregister_auto_classes()\n"
+    note = "\n# (hftl registers these classes itself; this copy is loaded by auto_map)\n"
+    source = source[: source.rindex(call)] + note
+    (model_dir / CODE_FILE).write_text(source, encoding="utf-8")
+    config["auto_map"] = dict(AUTO_MAP)
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def register_auto_classes() -> None:
     """Let the Auto classes load hftl run directories: done when this module is imported, which ``import hftl``
     arranges as soon as transformers' Auto model classes are imported."""

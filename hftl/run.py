@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hftl.card import model_card
 from hftl.config import Config, save_config
-from hftl.modeling import HftlConfig
+from hftl.modeling import HftlConfig, save_code
 from hftl.storage import names_disk_full
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,12 @@ def _write_run(run_dir: Path, cfg: Config, model, processor, metrics: dict, fact
     if hasattr(model, "peft_config"):  # the base's config (labels, pooling, head) travels with the adapter
         model.get_base_model().config.save_pretrained(model_dir)
     processor.save_pretrained(model_dir)
+    save_code(model_dir)  # loadable without hftl: AutoModelFor...from_pretrained(dir, trust_remote_code=True)
     if hasattr(model, "peft_config") and cfg.strategy.merge:
         merged = model.merge_and_unload()
         merged.save_pretrained(run_dir / "merged", safe_serialization=True)
         processor.save_pretrained(run_dir / "merged")
+        save_code(run_dir / "merged")
     (run_dir / "README.md").write_text(model_card(cfg.to_dict(), metrics, facts))
     return run_dir
 
