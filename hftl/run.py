@@ -49,7 +49,10 @@ def _write_run(run_dir: Path, cfg: Config, model, processor, metrics: dict, fact
     save_config(cfg, run_dir / "config.yaml")
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
     model_dir = run_dir / "model"
-    model.save_pretrained(model_dir, safe_serialization=True, state_dict=state_dict)
+    # hftl never resizes embeddings (a new head is saved with the adapter); peft's "auto" takes a CTC head sized for a
+    # new vocabulary for a resized embedding and fails on models without input embeddings (wav2vec2)
+    adapter = {"save_embedding_layers": False} if hasattr(model, "peft_config") else {}
+    model.save_pretrained(model_dir, safe_serialization=True, state_dict=state_dict, **adapter)
     if hasattr(model, "peft_config"):  # the base's config (labels, pooling, head) travels with the adapter
         model.get_base_model().config.save_pretrained(model_dir)
     processor.save_pretrained(model_dir)
@@ -77,15 +80,21 @@ def load(path: str | Path, *, device: str | None = None, **kwargs):
 
     path = Path(path)
     require_complete(path)  # a run that did not finish is not loaded as if it had
+    from hftl.tasks import get_task
+
+    config = HftlConfig.from_pretrained(path)
+    task = get_task(getattr(config, "task", None) or "classification")  # a Whisper's config reads the same
     if (path / "adapter_config.json").exists():
         from peft import PeftModel
 
-        config = HftlConfig.from_pretrained(path)
-        backbone, _ = load_backbone(config.backbone_name, config.backbone_revision or "main", **kwargs)
-        base = _model_class(config)(config, backbone=backbone)
+        if hasattr(task, "load_base"):  # a transformers task model (Whisper, CTC): its own base, by name
+            base = task.load_base(path)
+        else:
+            backbone, _ = load_backbone(config.backbone_name, config.backbone_revision or "main", **kwargs)
+            base = _model_class(config)(config, backbone=backbone)
         model = PeftModel.from_pretrained(base, path)
     else:
-        model = _model_class(HftlConfig.from_pretrained(path)).from_pretrained(path)
-    processor = load_processor(str(path))
+        model = _model_class(config).from_pretrained(path)
+    processor = task.processor(str(path)) if hasattr(task, "processor") else load_processor(str(path))
     model.eval()
     return (model.to(device) if device else model), processor

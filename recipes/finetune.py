@@ -56,7 +56,11 @@ def _main(cfg: Config, accelerator, run: RunDir, task) -> dict:
     train_cfg = dataclasses.replace(cfg.train, metric_for_best=task.best_metric(cfg, splits, accelerator.print))
     resolved = dataclasses.replace(cfg, train=train_cfg)  # what the baselines, the monitor and the guard compare by
     baselines = run_baselines(splits, resolved, accelerator, task)  # majority class and a classical model, same splits
-    processor = hftl.load_processor(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+    if hasattr(task, "processor"):  # e.g. CTC's character tokenizer over train's transcripts, checked against data
+        processor = task.processor(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code, splits=splits,
+                                   cfg=cfg)
+    else:
+        processor = hftl.load_processor(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
     check_max_length(cfg.model, processor)  # a text longer than the positions would crash mid-epoch
     model = task.build_model(cfg, labels, splits)  # the backbone with the task's new head
     adapted = hftl.apply_strategy(model, cfg.strategy)
