@@ -80,21 +80,15 @@ def load(path: str | Path, *, device: str | None = None, **kwargs):
 
     path = Path(path)
     require_complete(path)  # a run that did not finish is not loaded as if it had
-    from hftl.tasks import get_task
-
-    config = HftlConfig.from_pretrained(path)
-    task = get_task(getattr(config, "task", None) or "classification")  # a Whisper's config reads the same
     if (path / "adapter_config.json").exists():
         from peft import PeftModel
 
-        if hasattr(task, "load_base"):  # a transformers task model (Whisper, CTC): its own base, by name
-            base = task.load_base(path)
-        else:
-            backbone, _ = load_backbone(config.backbone_name, config.backbone_revision or "main", **kwargs)
-            base = _model_class(config)(config, backbone=backbone)
+        config = HftlConfig.from_pretrained(path)
+        backbone, _ = load_backbone(config.backbone_name, config.backbone_revision or "main", **kwargs)
+        base = _model_class(config)(config, backbone=backbone)
         model = PeftModel.from_pretrained(base, path)
     else:
-        model = _model_class(config).from_pretrained(path)
-    processor = task.processor(str(path)) if hasattr(task, "processor") else load_processor(str(path))
+        model = _model_class(HftlConfig.from_pretrained(path)).from_pretrained(path)
+    processor = load_processor(str(path))
     model.eval()
     return (model.to(device) if device else model), processor

@@ -26,7 +26,6 @@ Optional hooks (speech recognition has them; the others use the defaults):
   ``hftl.load_processor``); with ``splits`` it may be built from the data (CTC's vocabulary) and check it;
 - ``eval_outputs(model, batch) -> Tensor[batch, ...]``: what ``predict`` gathers per batch in place of the
   model's logits (default ``model(**inputs).logits``), e.g. ids decoded by ``generate`` and each clip's loss;
-- ``load_base(path)``: the base model a saved peft adapter goes on (default: hftl's backbone and head);
 - ``refused_strategies``: strategy name -> why it means nothing for the task (ConfigError in ``check``).
 
 Later tasks (sequence-to-sequence speech recognition, detection, token classification, multitask made of tasks)

@@ -138,6 +138,14 @@ class CTC:
     def model_config(self, splits, cfg) -> dict:
         return {"task": self.name, "backbone_name": cfg.model.name, "backbone_revision": cfg.model.revision}
 
+    def _record(self, model, splits, cfg):
+        """The task's settings in the model's config, and the model's own class as its architecture: the saved
+        base config of an adapter then rebuilds this class (``hftl.load``, transformers' Auto classes)."""
+        for key, value in self.model_config(splits, cfg).items():
+            setattr(model.config, key, value)
+        model.config.architectures = [type(model).__name__]
+        return model
+
     def build_model(self, cfg, labels: list[str], splits):
         from hftl.models import _DTYPES, resolve
 
@@ -146,21 +154,7 @@ class CTC:
             m.name, vocab_size=len(labels), pad_token_id=0, ctc_loss_reduction="mean", ctc_zero_infinity=True,
             id2label=dict(enumerate(labels)), label2id={c: i for i, c in enumerate(labels)},
             ignore_mismatched_sizes=True, dtype=_DTYPES[m.dtype], **resolve(m.name, m.revision, m.trust_remote_code))
-        for key, value in self.model_config(splits, cfg).items():
-            setattr(model.config, key, value)
-        return model
-
-    def load_base(self, path, **kwargs):
-        """The pretrained encoder an adapter in ``path`` was trained on, with a head of the saved vocabulary (its
-        weights come from the adapter's saved ``lm_head``)."""
-        from transformers import AutoConfig
-
-        from hftl.models import resolve
-
-        config = AutoConfig.from_pretrained(path)
-        name, revision = config.backbone_name, config.backbone_revision or "main"
-        return self.model_class().from_pretrained(name, config=config, ignore_mismatched_sizes=True,
-                                                  **resolve(name, revision), **kwargs)
+        return self._record(model, splits, cfg)
 
     def processor(self, name: str, revision: str = "main", trust_remote_code: bool = False, splits=None, cfg=None):
         """With ``splits`` (training): the model's feature extractor and a character tokenizer over train's

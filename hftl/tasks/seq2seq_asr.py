@@ -97,25 +97,21 @@ class Seq2SeqASR:
     def model_config(self, splits, cfg) -> dict:
         return {"task": self.name, "backbone_name": cfg.model.name, "backbone_revision": cfg.model.revision}
 
+    def _record(self, model, splits, cfg):
+        """The task's settings in the model's config, and the model's own class as its architecture: the saved
+        base config of an adapter then rebuilds this class (``hftl.load``, transformers' Auto classes)."""
+        for key, value in self.model_config(splits, cfg).items():
+            setattr(model.config, key, value)
+        model.config.architectures = [type(model).__name__]
+        return model
+
     def build_model(self, cfg, labels: list[str], splits):
         from hftl.models import _DTYPES, resolve
 
         m = cfg.model
         model = self.model_class().from_pretrained(m.name, dtype=_DTYPES[m.dtype],
                                                    **resolve(m.name, m.revision, m.trust_remote_code))
-        for key, value in self.model_config(splits, cfg).items():
-            setattr(model.config, key, value)
-        return model
-
-    def load_base(self, path, **kwargs):
-        """The pretrained model an adapter in ``path`` was trained on (``hftl.load``)."""
-        from transformers import AutoConfig
-
-        from hftl.models import resolve
-
-        config = AutoConfig.from_pretrained(path)
-        name, revision = config.backbone_name, config.backbone_revision or "main"
-        return self.model_class().from_pretrained(name, config=config, **resolve(name, revision), **kwargs)
+        return self._record(model, splits, cfg)
 
     def processor(self, name: str, revision: str = "main", trust_remote_code: bool = False, splits=None, cfg=None):
         """The model's processor (feature extractor and tokenizer); with ``splits``, every transcript and clip

@@ -81,7 +81,7 @@ def prepare_transcripts(raw, label: str, cfg, files):
             raise DataError(f"split {split!r} has no transcript column {label!r} (its columns: {ds.column_names}): "
                             f"set data.label_column to the column of transcripts")
         texts = ["" if is_missing(v) else str(v) for v in ds[label][:]]
-        bad = [i for i, t in enumerate(texts) if not normalize(t)]
+        bad = [i for i, t in enumerate(texts) if not any(c.isalnum() for c in normalize(t))]  # "..." keeps a "."
         if bad and cfg.missing_labels != "drop":
             raise DataError(f"data.label_column {label!r} has {len(bad)} missing or empty transcript(s) in split "
                             f"{split!r} ({_where(split, bad, files)}): write them, or set data.missing_labels=drop "
