@@ -89,7 +89,7 @@ def _main(cfg: Config, accelerator, run: RunDir, task) -> dict:
     start_trackers(accelerator, cfg)
     trained, state = hftl.fit(adapted.model, loader, val_loader, accelerator, train_cfg, cfg.eval.metrics,
                               checkpoint_dir=run.checkpoints("checkpoints"), resume=cfg.train.resume,
-                              monitor=monitor)
+                              monitor=monitor, **_count_terms(task))
     train_seconds = time.perf_counter() - start
     # settings the task chooses on validation once trained (multi_label's threshold), saved in the model's config
     val_loader, test_loader = accelerator.prepare(val_loader, test_loader)
@@ -133,6 +133,12 @@ def _main(cfg: Config, accelerator, run: RunDir, task) -> dict:
     accelerator.wait_for_everyone()
     accelerator.end_training()  # closes the process group: gloo can abort at exit when it is left open
     return metrics
+
+
+def _count_terms(task) -> dict:
+    """``fit``'s ``count_terms`` where the task's loss averages over something else than labelled tokens or inputs
+    (CTC: examples, whatever their transcripts' lengths), so that steps split over processes weigh right."""
+    return {"count_terms": task.loss_terms} if hasattr(task, "loss_terms") else {}
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ Optional hooks (speech recognition has them; the others use the defaults):
   ``hftl.load_processor``); with ``splits`` it may be built from the data (CTC's vocabulary) and check it;
 - ``eval_outputs(model, batch) -> Tensor[batch, ...]``: what ``predict`` gathers per batch in place of the
   model's logits (default ``model(**inputs).logits``), e.g. ids decoded by ``generate`` and each clip's loss;
+- ``loss_terms(batch)``: what the model's loss averages over when it is not labelled tokens or inputs (CTC: clips),
+  ``fit``'s ``count_terms`` (steps split over processes or accumulated weigh by it);
 - ``refused_strategies``: strategy name -> why it means nothing for the task (ConfigError in ``check``).
 
 Later tasks (sequence-to-sequence speech recognition, detection, token classification, multitask made of tasks)

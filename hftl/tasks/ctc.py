@@ -172,6 +172,12 @@ class CTC:
     def collator(self, processor):
         return CTCCollator(processor)
 
+    @staticmethod
+    def loss_terms(batch: dict) -> torch.Tensor:
+        """What the model's CTC loss averages over (``ctc_loss_reduction="mean"``: each clip's loss over its
+        transcript's length, then the mean over clips): the clips, for ``fit``'s step weights."""
+        return torch.tensor(len(batch["labels"]))
+
     def encode_labels(self, encoded, cfg=None):
         return encoded  # transcripts are tokenized per batch by the collator
 
