@@ -149,8 +149,13 @@ def tiny_whisper_model(path: str | Path, seed: int = 0, max_target_positions: in
     positions) with a character-level Whisper tokenizer, feature extractor and generation config, saved as a Hugging
     Face directory: what ``openai/whisper-tiny.en`` is, in miniature."""
     import torch
-    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
-                              WhisperForConditionalGeneration, WhisperProcessor)
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+    )
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -159,7 +164,8 @@ def tiny_whisper_model(path: str | Path, seed: int = 0, max_target_positions: in
                                                             "<|notimestamps|>")}
     end, start = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
     config = WhisperConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=2, decoder_layers=2,
-                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=37, decoder_ffn_dim=37,
+                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=37,
+                           decoder_ffn_dim=37,
                            num_mel_bins=16, max_source_positions=50, max_target_positions=max_target_positions,
                            decoder_start_token_id=start, eos_token_id=end, pad_token_id=end, bos_token_id=end,
                            suppress_tokens=[], begin_suppress_tokens=[])

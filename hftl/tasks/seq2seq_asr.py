@@ -138,10 +138,11 @@ class Seq2SeqASR:
             lengths = [len(ids) - 1 for ids in processor.tokenizer(ds["label"][:]).input_ids]  # less the start
             long = [i for i, n in enumerate(lengths) if n > limit]
             if long:
+                rows = ", ".join(str(i + 1) for i in long[:5])
                 raise DataError(f"{len(long)} transcript(s) in split {split!r} have more tokens than the "
-                                f"{limit} positions of {name}'s decoder (rows {', '.join(str(i + 1) for i in long[:5])}"
-                                f", longest {max(lengths)} tokens): cut those clips and their transcripts into "
-                                f"shorter ones, or drop those rows")
+                                f"{limit} positions of {name}'s decoder (rows {rows}, longest {max(lengths)} "
+                                f"tokens): cut those clips and their transcripts into shorter ones, or drop those "
+                                f"rows")
 
     def collator(self, processor):
         return Seq2SeqCollator(processor)
