@@ -229,6 +229,34 @@ def test_two_processes_match_one(whisper, wav2vec2, clips, tmp_path, task):
         r["predicted"] for r in _rows(tmp_path / "two" / "predictions.jsonl")]
 
 
+PUSH = r"""
+import json, sys
+from hftl.hub import load, push
+push(sys.argv[1], "alice/asr", token=sys.argv[2])
+model, processor = load("alice/asr", token=sys.argv[2])
+base = model.get_base_model() if hasattr(model, "get_base_model") else model
+print(json.dumps({"model": type(base).__name__, "processor": type(processor).__name__, "task": base.config.task}))
+"""
+
+
+@pytest.mark.parametrize("task,strategy", [("seq2seq_asr", "lora"), ("ctc", "full")])
+def test_run_pushed_and_loaded_back_by_repo_id(whisper, wav2vec2, clips, tmp_path, task, strategy):
+    """Through a loopback Hub (tests/hub_server.py) and the unmodified huggingface_hub client, in a child process."""
+    from hub_server import HubServer
+
+    model = whisper if task == "seq2seq_asr" else wav2vec2
+    main(load_config(None, overrides(model, clips, task, tmp_path / "run", strategy, "train.epochs=1")))
+    token = "hf_aliceWRITEsecret7f3a9c2e"
+    with HubServer(tokens={token: "alice"}) as hub:
+        out = subprocess.run([sys.executable, "-c", PUSH, str(tmp_path / "run"), token], capture_output=True,
+                             text=True, timeout=300, env=hub.client_env(home=tmp_path / "home"), cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    kinds = {"seq2seq_asr": ("WhisperForConditionalGeneration", "WhisperProcessor"),
+             "ctc": ("Wav2Vec2ForCTC", "Wav2Vec2Processor")}
+    assert (got["model"], got["processor"], got["task"]) == (*kinds[task], task)
+
+
 def test_whisper_adapter_pushed_and_loaded_without_hftl_paths(whisper, clips, tmp_path):
     """The saved adapter run is an ordinary peft folder over the base: peft's own loader reads it."""
     from peft import PeftModel
