@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ARMS = ["freeze_encoder", "lora", "full"]
+ARMS = ["freeze_n", "lora", "full"]  # freeze_n: the whole encoder frozen (strategy.freeze_layers=4)
 
 
 def groups(rows: list[dict], test_csv: Path) -> dict:
