@@ -49,7 +49,8 @@ _NUMBER = r"-?\d+(?:\.\d*)?(?:e[-+]?\d+)?"
 _RANGE = re.compile(rf"(?:(>=|>)\s*({_NUMBER})|([\[(])\s*({_NUMBER})\s*,\s*({_NUMBER})\s*([\])]))\s*(.*)")
 BUILTIN_STRATEGIES = ("linear_probe", "head", "full", "freeze_n", "lp_ft")  # registered by hftl.strategies
 SHOT_METHODS = ("prototype", "probe", "setfit", "lora")  # registered by hftl.shots
-BUILTIN_TASKS = ("classification", "multi_label", "regression", "token_classification")  # registered by hftl.tasks
+# registered by hftl.tasks
+BUILTIN_TASKS = ("classification", "multi_label", "regression", "token_classification", "ctc", "seq2seq_asr")
 
 
 def in_range(value: float, spec: str) -> bool:
@@ -219,7 +220,9 @@ class DataConfig:
 class TaskConfig:
     name: str = _f("classification", "What is predicted (hftl.tasks): classification (one label per input), "
                                      "multi_label (any number of labels), regression (one or more numbers), "
-                                     "token_classification (one tag per word).")
+                                     "token_classification (one tag per word), ctc (speech to characters by a "
+                                     "CTC head), seq2seq_asr (speech to text by an encoder-decoder such as "
+                                     "Whisper).")
     threshold: float = _f(0.0, "multi_label: the decision threshold on each label's probability (0: tuned on "
                                "validation after training, saved in the model's config).", range="[0, 1) (0: tuned)")
     standardize: bool = _f(True, "regression: train on standardised targets (train mean and std, saved in the "

@@ -49,7 +49,10 @@ def _write_run(run_dir: Path, cfg: Config, model, processor, metrics: dict, fact
     save_config(cfg, run_dir / "config.yaml")
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
     model_dir = run_dir / "model"
-    model.save_pretrained(model_dir, safe_serialization=True, state_dict=state_dict)
+    # hftl never resizes embeddings (a new head is saved with the adapter); peft's "auto" takes a CTC head sized for a
+    # new vocabulary for a resized embedding and fails on models without input embeddings (wav2vec2)
+    adapter = {"save_embedding_layers": False} if hasattr(model, "peft_config") else {}
+    model.save_pretrained(model_dir, safe_serialization=True, state_dict=state_dict, **adapter)
     if hasattr(model, "peft_config"):  # the base's config (labels, pooling, head) travels with the adapter
         model.get_base_model().config.save_pretrained(model_dir)
     processor.save_pretrained(model_dir)

@@ -40,6 +40,23 @@ TARGET_MODULES = {
     "audio-spectrogram-transformer": ["q_proj", "v_proj"],
 }
 _EMBEDDING_NAMES = ("embeddings", "embed_tokens", "feature_extractor", "feature_projection", "embedder", "conv1")
+# The new head of transformers' own task models (class name ending -> attribute); hftl's models call theirs ``head``.
+# A model without one (a sequence-to-sequence model, whose pretrained decoder writes the output) has no head.
+TASK_HEADS = {"ForCTC": "lm_head"}
+
+
+def backbone_of(model: nn.Module) -> nn.Module:
+    """The pretrained body strategies freeze: hftl's ``backbone``; else the task model's base model (``wav2vec2``
+    of a CTC model, ``model`` of Whisper)."""
+    backbone = getattr(model, "backbone", None)
+    return backbone if isinstance(backbone, nn.Module) else model.base_model
+
+
+def head_name(model: nn.Module) -> str | None:
+    """The attribute of the model's new head (``head``, a CTC model's ``lm_head``), None when it has none."""
+    if isinstance(getattr(model, HEAD, None), nn.Module):
+        return HEAD
+    return next((v for k, v in TASK_HEADS.items() if type(model).__name__.endswith(k)), None)
 
 
 @dataclass
@@ -116,9 +133,13 @@ def freeze_norm_statistics(module: nn.Module) -> None:
 
 
 def _frozen_backbone(model: nn.Module, name: str, cached: bool) -> Adapted:
-    freeze_norm_statistics(model.backbone)
+    head = head_name(model)
+    if head is None:
+        raise ConfigError(f"strategy.name={name} trains only a new head, and this {type(model).__name__} has none: "
+                          f"use full, freeze_n or a peft method such as lora")
+    freeze_norm_statistics(backbone_of(model))
     set_trainable(model, False)
-    set_trainable(getattr(model, HEAD), True)
+    set_trainable(getattr(model, head), True)
     return Adapted(model, name, frozen_backbone=cached, frozen=["backbone"])
 
 
@@ -156,16 +177,40 @@ def lp_ft(model: nn.Module, cfg: StrategyConfig) -> Adapted:
 def freeze_n(model: nn.Module, cfg: StrategyConfig) -> Adapted:
     """Freeze the embeddings and the first ``strategy.freeze_layers`` blocks; the rest and the head train."""
     set_trainable(model, True)
-    layers_name, layers = find_layers(model.backbone)
+    if getattr(model.config, "is_encoder_decoder", False):
+        return _freeze_encoder(model, cfg)
+    layers_name, layers = find_layers(backbone_of(model))
     if cfg.freeze_layers > len(layers):
         raise ConfigError(f"strategy.freeze_layers={cfg.freeze_layers} but the backbone has {len(layers)} layers")
     frozen = []
-    for name, module in find_embeddings(model.backbone):
+    for name, module in find_embeddings(backbone_of(model)):
         set_trainable(module, False)
         frozen.append(f"backbone.{name}")
     for i in range(cfg.freeze_layers):
         set_trainable(layers[i], False)
         frozen.append(f"backbone.{layers_name}.{i}")
+    return Adapted(model, "freeze_n", frozen=frozen)
+
+
+def _freeze_encoder(model: nn.Module, cfg: StrategyConfig) -> Adapted:
+    """freeze_n on an encoder-decoder (Whisper): the encoder's input layers and its first ``freeze_layers`` blocks;
+    all of its blocks freeze the whole encoder (its last norm too), so only the decoder trains."""
+    encoder = model.get_encoder()
+    layers = encoder.layers
+    if cfg.freeze_layers > len(layers):
+        raise ConfigError(f"strategy.freeze_layers={cfg.freeze_layers} but the encoder has {len(layers)} layers: "
+                          f"set strategy.freeze_layers={len(layers)} to freeze the whole encoder")
+    set_trainable(encoder, False)
+    for layer in layers[cfg.freeze_layers:]:
+        set_trainable(layer, True)
+    rest = [n for n, _ in encoder.named_children() if n != "layers"]
+    if cfg.freeze_layers < len(layers):  # the encoder's last norm trains while any of its blocks does
+        for name in rest:
+            module = getattr(encoder, name)
+            if isinstance(module, nn.LayerNorm):
+                set_trainable(module, True)
+    frozen = ["encoder"] if cfg.freeze_layers == len(layers) else [f"encoder.{n}" for n in rest] + [
+        f"encoder.layers.{i}" for i in range(cfg.freeze_layers)]
     return Adapted(model, "freeze_n", frozen=frozen)
 
 
@@ -177,13 +222,13 @@ def _peft_table(method: str, kind: str) -> dict:
 
 def default_target_modules(model: nn.Module, method: str) -> list[str]:
     """peft's own defaults for the backbone family, then hftl's table, then every linear (else conv) layer."""
-    model_type = model.backbone.config.model_type
+    model_type = backbone_of(model).config.model_type
     for table in (_peft_table(method, "TARGET_MODULES"), _peft_table("lora", "TARGET_MODULES"), TARGET_MODULES):
         if model_type in table:
             return list(table[model_type])
     for kind in (nn.Linear, nn.Conv2d):  # every linear layer; convolutional nets (ResNet) have none: their convs
         kinds: dict[str, set[bool]] = {}
-        for n, m in model.backbone.named_modules():
+        for n, m in backbone_of(model).named_modules():
             kinds.setdefault(n.rsplit(".", 1)[-1], set()).add(isinstance(m, kind))
         names = sorted(k for k, v in kinds.items() if v == {True})  # a name that also names another module: out
         if names:
@@ -205,9 +250,10 @@ def peft_strategy(model: nn.Module, cfg: StrategyConfig) -> Adapted:
     if "target_modules" in fields and not args.get("target_modules"):
         args["target_modules"] = default_target_modules(model, method)
     if "feedforward_modules" in fields and "feedforward_modules" not in args:  # (IA)3: scale inputs of these
-        default = _peft_table(method, "FEEDFORWARD_MODULES").get(model.backbone.config.model_type, [])
+        default = _peft_table(method, "FEEDFORWARD_MODULES").get(backbone_of(model).config.model_type, [])
         args["feedforward_modules"] = [m for m in default if m in args["target_modules"]]
-    args["modules_to_save"] = sorted(set(args.get("modules_to_save") or []) | {HEAD})
+    head = head_name(model)
+    args["modules_to_save"] = sorted(set(args.get("modules_to_save") or []) | ({head} if head else set()))
     unknown = sorted(set(args) - set(fields))
     if unknown:
         raise ConfigError(
@@ -215,7 +261,7 @@ def peft_strategy(model: nn.Module, cfg: StrategyConfig) -> Adapted:
             f"valid: {sorted(k for k in fields if not k.startswith('_'))}"
         )
     peft_config = config_cls(**args)
-    freeze_norm_statistics(model.backbone)
+    freeze_norm_statistics(backbone_of(model))
     peft_model = get_peft_model(model, peft_config)
     return Adapted(peft_model, cfg.name, frozen=["backbone (except adapters)"], peft_config=peft_config.to_dict())
 
@@ -281,6 +327,7 @@ def apply_strategy(model: nn.Module, cfg: StrategyConfig) -> Adapted:
 
 def transfer_facts(adapted: Adapted, model: nn.Module, labels: list[str], splits, modality: str) -> dict:
     """What the model card and the logs say about the transfer."""
+    head = getattr(model, head_name(model) or "", None)
     return {
         "name": f"{model.config.backbone_name}-{adapted.strategy}".split("/")[-1],
         "modality": modality,
@@ -290,10 +337,10 @@ def transfer_facts(adapted: Adapted, model: nn.Module, labels: list[str], splits
         "total_params": adapted.total,
         "frozen": adapted.frozen,
         "peft_config": adapted.peft_config,
-        "pooling": model.config.pooling,
+        "pooling": getattr(model.config, "pooling", ""),
         "head": " -> ".join(
             f"Linear({m.in_features}, {m.out_features})"
-            for m in getattr(model.head, "original_module", model.head).modules()
+            for m in getattr(head, "original_module", head).modules()
             if isinstance(m, nn.Linear)
-        ),
+        ) if head is not None else "none (the pretrained decoder writes the output)",
     }

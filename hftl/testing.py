@@ -96,3 +96,105 @@ def tiny_text_csv(path: str | Path, n: int = 120, seed: int = 0, labels=("neg", 
         writer.writeheader()
         writer.writerows(tiny_text_rows(n, seed, labels))
     return str(path)
+
+
+SPEECH_WORDS = {"yes": 300.0, "no": 500.0, "up": 700.0, "down": 900.0}  # each word is a tone of its own pitch
+
+
+def tiny_speech_csv(folder: str | Path, n: int = 24, seed: int = 0, rate: int = 16000) -> str:
+    """``n`` clips of 1-3 "words" (a 0.2 s tone each, a pitch per word, 0.05 s apart) and their transcripts:
+    ``folder/clips.csv`` with columns ``audio`` (wav path) and ``text``; returns the CSV's path."""
+    import numpy as np
+    import soundfile as sf
+
+    rng, folder = random.Random(seed), Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(0.2 * rate)) / rate
+    rows = []
+    for i in range(n):
+        words = [rng.choice(sorted(SPEECH_WORDS)) for _ in range(rng.randint(1, 3))]
+        gap = np.zeros(int(0.05 * rate), dtype=np.float32)
+        wave = np.concatenate([np.concatenate([0.5 * np.sin(2 * np.pi * SPEECH_WORDS[w] * t), gap]) for w in words])
+        sf.write(folder / f"clip{i}.wav", wave.astype(np.float32), rate)
+        rows.append({"audio": f"clip{i}.wav", "text": " ".join(words)})
+    with open(folder / "clips.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["audio", "text"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return str(folder / "clips.csv")
+
+
+def _whisper_tokenizer(folder: Path):
+    """A byte-level Whisper tokenizer with no merges (one token per character) and Whisper's special tokens."""
+    import json
+
+    from transformers import WhisperTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    special = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|translate|>",
+               "<|nocaptions|>", "<|notimestamps|>"]
+    vocab = {c: i for i, c in enumerate(sorted(set(bytes_to_unicode().values())))}
+    vocab.update({s: len(vocab) + k for k, s in enumerate(special)})
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    end = special[0]
+    tokenizer = WhisperTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), unk_token=end,
+                                 bos_token=end, eos_token=end, pad_token=end)
+    tokenizer.add_special_tokens({"additional_special_tokens": special[1:]})
+    return tokenizer
+
+
+def tiny_whisper_model(path: str | Path, seed: int = 0, max_target_positions: int = 64) -> str:
+    """A 2+2-layer, 32-wide English-only Whisper (16 mel bins, 1 s of audio, ``max_target_positions`` decoder
+    positions) with a character-level Whisper tokenizer, feature extractor and generation config, saved as a Hugging
+    Face directory: what ``openai/whisper-tiny.en`` is, in miniature."""
+    import torch
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+    )
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = _whisper_tokenizer(path)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|startoftranscript|>",
+                                                            "<|notimestamps|>")}
+    end, start = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
+    config = WhisperConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=2, decoder_layers=2,
+                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=37,
+                           decoder_ffn_dim=37,
+                           num_mel_bins=16, max_source_positions=50, max_target_positions=max_target_positions,
+                           decoder_start_token_id=start, eos_token_id=end, pad_token_id=end, bos_token_id=end,
+                           suppress_tokens=[], begin_suppress_tokens=[])
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(decoder_start_token_id=start, eos_token_id=end, pad_token_id=end,
+                                               bos_token_id=end, no_timestamps_token_id=ids["<|notimestamps|>"],
+                                               is_multilingual=False, max_length=max_target_positions)
+    model.save_pretrained(path)
+    extractor = WhisperFeatureExtractor(feature_size=16, chunk_length=1, sampling_rate=16000)
+    WhisperProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(path)
+    return str(path)
+
+
+def tiny_wav2vec2_model(path: str | Path, seed: int = 0) -> str:
+    """A 2-layer, 32-wide wav2vec2 encoder (no CTC head) with its feature extractor: what a pretrained speech
+    encoder is before ``task.name=ctc`` gives it a character head."""
+    import torch
+    from transformers import AutoConfig, AutoModel, Wav2Vec2FeatureExtractor
+
+    torch.manual_seed(seed)
+    # no dropout, no time masking, layer norm in the feature encoder (not group norm over the padded batch): the
+    # same clips give the same outputs in any batch, so 1 and 2 processes and a resumed run can be compared
+    still = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
+                 final_dropout=0.0, layerdrop=0.0, mask_time_prob=0.0, feat_extract_norm="layer")
+    config = AutoConfig.for_model("wav2vec2", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=37, conv_dim=(16, 16, 16), conv_stride=(5, 2, 2),
+                                  conv_kernel=(10, 3, 3), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+                                  do_stable_layer_norm=True, **still)
+    AutoModel.from_config(config).save_pretrained(path)
+    Wav2Vec2FeatureExtractor(sampling_rate=16000, return_attention_mask=True).save_pretrained(path)
+    return str(path)

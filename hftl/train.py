@@ -53,7 +53,7 @@ from hftl.strategies import adapters_merged, find_layers
 
 log = logging.getLogger(__name__)
 _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight", "layernorm.weight")
-LOWER_IS_BETTER = ("loss", "rmse", "mae", "mse")  # metrics whose best epoch has the lowest value
+LOWER_IS_BETTER = ("loss", "rmse", "mae", "mse", "wer", "cer")  # metrics whose best epoch has the lowest value
 
 
 class TrainingDiverged(RuntimeError):
@@ -347,18 +347,24 @@ def predict(model, loader: DataLoader, accelerator: Accelerator, desc: str = "ev
             merge_adapters: bool = True) -> tuple[torch.Tensor, ...]:
     """Logits and labels over a loader, gathered across processes without duplicates; peft adapters merged.
     Per-token outputs (batch, length, classes) are padded to the longest batch (labels with -100)."""
+    from hftl.tasks import task_of
+
     model.eval()
     logits, labels = [], []
+    step = getattr(task_of(accelerator.unwrap_model(model)), "eval_outputs", None)  # e.g. generate's ids
     with adapters_merged(accelerator.unwrap_model(model), sharded(accelerator) or not merge_adapters):
         for batch in progress(loader, accelerator, desc):
-            out = model(**{k: v for k, v in _model_inputs(batch).items() if k != "labels"})
-            lg, lb = out.logits.float().contiguous(), batch["labels"]
-            if lg.dim() == 3:  # one output per token: batches (and processes) differ in length
+            if step is not None:
+                lg, lb = step(model, _model_inputs(batch)).float().contiguous(), batch["labels"]
+            else:
+                out = model(**{k: v for k, v in _model_inputs(batch).items() if k != "labels"})
+                lg, lb = out.logits.float().contiguous(), batch["labels"]
+            if lg.dim() == 3 or step is not None:  # one output per token: batches (and processes) differ in length
                 lg, lb = accelerator.pad_across_processes(lg, dim=1), accelerator.pad_across_processes(lb, 1, -100)
             lg, lb = accelerator.gather_for_metrics((lg, lb))
             logits.append(lg)  # on the device until the end: no synchronisation per batch
             labels.append(lb)
-    if logits and logits[0].dim() == 3:
+    if logits and (logits[0].dim() == 3 or step is not None):
         return _cat_padded(logits, 0.0), _cat_padded(labels, -100)
     return torch.cat(logits).cpu(), torch.cat(labels).cpu()
 

@@ -57,7 +57,11 @@ def _main(cfg: Config, accelerator, run: RunDir, task) -> dict:
     train_cfg = dataclasses.replace(cfg.train, metric_for_best=task.best_metric(cfg, splits, accelerator.print))
     resolved = dataclasses.replace(cfg, train=train_cfg)  # what the baselines, the monitor and the guard compare by
     baselines = run_baselines(splits, resolved, accelerator, task)  # majority class and a classical model, same splits
-    processor = hftl.load_processor(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+    if hasattr(task, "processor"):  # e.g. CTC's character tokenizer over train's transcripts, checked against data
+        processor = task.processor(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code, splits=splits,
+                                   cfg=cfg)
+    else:
+        processor = hftl.load_processor(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
     check_max_length(cfg.model, processor)  # a text longer than the positions would crash mid-epoch
     model = task.build_model(cfg, labels, splits)  # the backbone with the task's new head
     # lp_ft: the head first learns on cached features (linear_probe's cache: one backbone pass), then the rest trains
@@ -88,7 +92,7 @@ def _main(cfg: Config, accelerator, run: RunDir, task) -> dict:
     start_trackers(accelerator, cfg)
     trained, state = hftl.fit(adapted.model, loader, val_loader, accelerator, train_cfg, cfg.eval.metrics,
                               checkpoint_dir=run.checkpoints("checkpoints"), resume=cfg.train.resume,
-                              monitor=monitor)
+                              monitor=monitor, **_count_terms(task))
     train_seconds = time.perf_counter() - start
     # settings the task chooses on validation once trained (multi_label's threshold), saved in the model's config
     val_loader, test_loader = accelerator.prepare(val_loader, test_loader)
@@ -133,6 +137,12 @@ def _main(cfg: Config, accelerator, run: RunDir, task) -> dict:
     accelerator.wait_for_everyone()
     accelerator.end_training()  # closes the process group: gloo can abort at exit when it is left open
     return metrics
+
+
+def _count_terms(task) -> dict:
+    """``fit``'s ``count_terms`` where the task's loss averages over something else than labelled tokens or inputs
+    (CTC: examples, whatever their transcripts' lengths), so that steps split over processes weigh right."""
+    return {"count_terms": task.loss_terms} if hasattr(task, "loss_terms") else {}
 
 
 if __name__ == "__main__":

@@ -21,6 +21,15 @@ strategies, checkpoints, resume, the run directory, ``hftl.load`` and push never
   rows of ``predictions.jsonl`` (label, predicted, ...); ``pipeline_tag(modality)``: the card's tag;
 - ``baselines``: whether ``hftl.baselines`` (majority class, a classical model) can score the task.
 
+Optional hooks (speech recognition has them; the others use the defaults):
+- ``processor(name, revision, trust_remote_code, splits=None, cfg=None)``: the processor the task needs (default
+  ``hftl.load_processor``); with ``splits`` it may be built from the data (CTC's vocabulary) and check it;
+- ``eval_outputs(model, batch) -> Tensor[batch, ...]``: what ``predict`` gathers per batch in place of the
+  model's logits (default ``model(**inputs).logits``), e.g. ids decoded by ``generate`` and each clip's loss;
+- ``loss_terms(batch)``: what the model's loss averages over when it is not labelled tokens or inputs (CTC: clips),
+  ``fit``'s ``count_terms`` (steps split over processes or accumulated weigh by it);
+- ``refused_strategies``: strategy name -> why it means nothing for the task (ConfigError in ``check``).
+
 Later tasks (sequence-to-sequence speech recognition, detection, token classification, multitask made of tasks)
 are each one more file here with their own model builder. ``task.name`` in the config picks one.
 
@@ -39,7 +48,7 @@ from hftl.config import ConfigError
 
 TASKS: dict[str, object] = {}
 # imported on first use, each registers itself
-_MODULES = ("classification", "multi_label", "regression", "token_classification")
+_MODULES = ("classification", "multi_label", "regression", "token_classification", "ctc", "seq2seq_asr")
 DEFAULT = "classification"
 
 
