@@ -39,7 +39,7 @@ from hftl.config import ConfigError
 
 TASKS: dict[str, object] = {}
 # imported on first use, each registers itself
-_MODULES = ("classification", "multi_label", "regression", "token_classification")
+_MODULES = ("classification", "multi_label", "regression", "token_classification", "detection")
 DEFAULT = "classification"
 
 
