@@ -49,7 +49,8 @@ _NUMBER = r"-?\d+(?:\.\d*)?(?:e[-+]?\d+)?"
 _RANGE = re.compile(rf"(?:(>=|>)\s*({_NUMBER})|([\[(])\s*({_NUMBER})\s*,\s*({_NUMBER})\s*([\])]))\s*(.*)")
 BUILTIN_STRATEGIES = ("linear_probe", "head", "full", "freeze_n")  # registered by hftl.strategies
 SHOT_METHODS = ("prototype", "probe", "setfit", "lora")  # registered by hftl.shots
-BUILTIN_TASKS = ("classification", "multi_label", "regression", "token_classification", "detection")  # registered by hftl.tasks
+BUILTIN_TASKS = ("classification", "multi_label", "regression", "token_classification",
+                 "detection")  # registered by hftl.tasks
 
 
 def in_range(value: float, spec: str) -> bool:

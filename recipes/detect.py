@@ -1,8 +1,8 @@
 """Fine-tune a detector (DETR, Conditional DETR, YOLOS...) on new classes with any transfer strategy.
 
-    accelerate launch recipes/detect.py --config recipes/configs/detection/digits-target.yaml strategy.name=lora
-    hftl finetune --config recipes/configs/detection/digits-source.yaml      # task.name=detection runs this recipe
-    python recipes/detect.py --config recipes/configs/detection/digits-target.yaml train.seed=1 output_dir=runs/s1
+    accelerate launch recipes/detect.py --config recipes/configs/detection/digits-target-lora.yaml strategy.name=head
+    hftl finetune --config recipes/configs/detection/digits-source-full.yaml  # task.name=detection: this recipe
+    python recipes/detect.py --config recipes/configs/detection/digits-target-lora.yaml train.seed=1 output_dir=runs/s1
 
 Data: a COCO JSON file (or one per split in data.splits) with its images, or a dataset with an ``objects`` column
 (hftl.data.detection). Every check of the data runs before the model loads. Writes the run directory as

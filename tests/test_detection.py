@@ -96,7 +96,7 @@ def test_augmentation_counts_boxes_pushed_out(tmp_path):
     assert ds.dropped > 0
 
 
-# -- COCO mAP against AP worked out by hand ------------------------------------------------------------------------------
+# -- COCO mAP against AP worked out by hand ---------------------------------------------------------------------------
 def test_coco_map_matches_hand_computed_ap():
     """Class "a": two true boxes, one found exactly (score .9) and one false alarm (score .8): precision 1 up to recall
     .5, then nothing: COCO's 101-point AP = 51/101 at every IoU threshold. Class "b": one box found with IoU 0.725:
@@ -115,7 +115,7 @@ def test_coco_map_matches_hand_computed_ap():
     assert coco_map(gts, [], ["a", "b"])["map"] == 0.0
 
 
-# -- data checks -----------------------------------------------------------------------------------------------------
+# -- data checks ------------------------------------------------------------------------------------------------------
 def _coco(tmp_path, images: dict, annotations: list, categories=("x", "y")) -> str:
     (tmp_path / "img").mkdir(exist_ok=True)
     for name, content in images.items():
@@ -182,7 +182,7 @@ def test_objects_column_dataset(tmp_path):
     assert data.splits["train"][0]["boxes"] == [[2, 2, 10, 10], [4, 4, 26, 26]]
 
 
-# -- model, collator, strategies ---------------------------------------------------------------------------------------
+# -- model, collator, strategies --------------------------------------------------------------------------------------
 def test_new_class_head_other_weights_kept(detr, capsys):
     from transformers import AutoModelForObjectDetection
 
@@ -250,7 +250,7 @@ def test_lora_saves_both_heads_and_refuses_linear_probe(detr):
         apply_strategy(load_detector(detr, LABELS), StrategyConfig(name="linear_probe"))
 
 
-# -- a run, saved and loaded back ---------------------------------------------------------------------------------------
+# -- a run, saved and loaded back -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("strategy", ["full", "lora"])
 def test_run_saves_map_picture_and_loads_back(detr, placed, tmp_path, strategy):
     from hftl.recipes.finetune import main
@@ -273,3 +273,28 @@ def test_run_saves_map_picture_and_loads_back(detr, placed, tmp_path, strategy):
     assert len(found) == 2 and set(found[0]) == {"boxes", "labels", "scores"}
     assert set(found[0]["labels"]) <= set(LABELS) and len(found[0]["boxes"]) == len(found[0]["scores"]) > 0
     assert get_task("detection").pipeline_tag() == "object-detection"
+
+
+def test_true_boxes_as_outputs_score_map_one(detr, placed):
+    """The conversions around the model (processor -> collator -> post-processing -> original pixels) are exact:
+    outputs that put the true boxes on confident queries score mAP 1."""
+    from types import SimpleNamespace
+
+    from hftl.tasks.detection import boxes_of, truth_of
+
+    processor = hftl.load_processor(detr)
+    data = load_detection(_data_cfg(placed))
+    batch = detection_collator([DetectionDataset(data.splits["test"], processor)[i] for i in range(4)])
+    queries = 10
+    logits = torch.full((4, queries, len(LABELS) + 1), -10.0)
+    logits[..., -1] = 10.0  # "no object" everywhere...
+    boxes = torch.full((4, queries, 4), 0.5)
+    for i, t in enumerate(batch["labels"]):  # ...but on one query per true box
+        for q, (c, b) in enumerate(zip(t["class_labels"], t["boxes"], strict=True)):
+            logits[i, q, -1], logits[i, q, c], boxes[i, q] = -10.0, 10.0, b
+    truth = truth_of(batch["labels"])
+    preds = boxes_of(SimpleNamespace(logits=logits, pred_boxes=boxes), batch["labels"], "detr")
+    for g, p in zip(truth, preds, strict=True):
+        p["image_id"] = g["image_id"]
+    np.testing.assert_allclose(truth[0]["boxes"], data.splits["test"][0]["boxes"], atol=1e-3)
+    assert coco_map(truth, preds, LABELS)["map"] == pytest.approx(1.0)

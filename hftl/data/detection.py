@@ -88,7 +88,8 @@ class DetectionData:
     notes: list[str] = field(default_factory=list)
 
 
-def _open(path_or_image):
+def open_image(path_or_image):
+    """An RGB PIL image from a path (read whole: a corrupt file fails here) or a PIL image."""
     from PIL import Image
 
     if isinstance(path_or_image, (str, Path)):
@@ -108,7 +109,7 @@ def _clean(rows: list[dict], split: str, names: list[str], where) -> tuple[list[
                             f"that the label set lacks ({len(names)} classes: {names[:20]}): add it to the "
                             f"categories, or remove those objects")
         try:
-            image = _open(row["image"])
+            image = open_image(row["image"])
         except Exception as err:  # PIL raises many kinds: a corrupt image is skipped, counted and named
             counts["corrupt_images"] += 1
             if counts["corrupt_images"] == 1:
@@ -122,7 +123,8 @@ def _clean(rows: list[dict], split: str, names: list[str], where) -> tuple[list[
             notes.append(f"{split}: dropped a box of zero or negative size or outside the image, {where(i)}")
         labels = [c for c, k in zip(row["labels"], kept, strict=True) if k]
         counts["images_without_objects"] += not labels
-        out.append({"image": image, "image_id": len(out), "width": width, "height": height,
+        keep = row["image"] if isinstance(row["image"], (str, Path)) else image  # files: read again when used
+        out.append({"image": keep, "image_id": len(out), "width": width, "height": height,
                     "boxes": boxes[kept].tolist(), "labels": labels, "name": row.get("name", str(i))})
     return out, counts, notes
 
@@ -295,7 +297,7 @@ class DetectionDataset:
 
     def __getitem__(self, i: int) -> dict:
         row = self.rows[i]
-        image, boxes, labels = row["image"], np.asarray(row["boxes"]).reshape(-1, 4), list(row["labels"])
+        image, boxes, labels = open_image(row["image"]), np.asarray(row["boxes"]).reshape(-1, 4), list(row["labels"])
         if self.augment:
             rng = np.random.default_rng((self.seed, i, self.draws[i]))
             self.draws[i] += 1

@@ -29,8 +29,7 @@ def _digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 
 def _fashion() -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from hftl.data.sources import FASHION_DIR, read_idx
-    from hftl.data.sources import FASHION_LABELS
+    from hftl.data.sources import FASHION_DIR, FASHION_LABELS, read_idx
 
     images = read_idx(FASHION_DIR / "t10k-images-idx3-ubyte.gz")
     labels = read_idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz")

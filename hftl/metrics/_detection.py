@@ -20,9 +20,9 @@ import numpy as np
 
 def _coco_dicts(gts: list[dict], preds: list[dict], names: list[str]) -> tuple[dict, list[dict]]:
     images = [{"id": g["image_id"], "width": g["width"], "height": g["height"]} for g in gts]
+    objects = [(g, b, c) for g in gts for b, c in zip(g["boxes"], g["labels"], strict=True)]
     anns = [{"id": n + 1, "image_id": g["image_id"], "bbox": list(map(float, b)), "category_id": int(c),
-             "area": float(b[2] * b[3]), "iscrowd": 0}
-            for n, (g, b, c) in enumerate((g, b, c) for g in gts for b, c in zip(g["boxes"], g["labels"], strict=True))]
+             "area": float(b[2] * b[3]), "iscrowd": 0} for n, (g, b, c) in enumerate(objects)]
     cats = [{"id": i, "name": n} for i, n in enumerate(names)]
     dets = [{"image_id": p["image_id"], "bbox": list(map(float, b)), "category_id": int(c), "score": float(s)}
             for p in preds for b, c, s in zip(p["boxes"], p["labels"], p["scores"], strict=True)]

@@ -328,13 +328,16 @@ def prediction_picture(path, rows: list[dict], predictions: list[dict], n: int =
     predicted ones (red, with label and score) from ``prediction_rows``, written to ``path`` (PNG)."""
     from PIL import Image, ImageDraw
 
+    from hftl.data.detection import open_image
+
     shown = list(zip(rows, predictions, strict=False))[:n]
     if not shown:
         return
-    w, h = (max(r["image"].size[i] for r, _ in shown) * zoom for i in (0, 1))
+    w, h = (max(r["width" if i == 0 else "height"] for r, _ in shown) * zoom for i in (0, 1))
     sheet = Image.new("RGB", (w * min(4, len(shown)), h * -(-len(shown) // 4)), "white")
     for k, (row, pred) in enumerate(shown):
-        image = row["image"].convert("RGB").resize((row["image"].width * zoom, row["image"].height * zoom))
+        image = open_image(row["image"])
+        image = image.resize((image.width * zoom, image.height * zoom))
         draw = ImageDraw.Draw(image)
         for box in pred["label"]["boxes"]:
             draw.rectangle([v * zoom for v in (box[0], box[1], box[0] + box[2], box[1] + box[3])], outline="lime")
