@@ -35,11 +35,12 @@ TARGET_MODULES = {"detr": ["q_proj", "v_proj"], "yolos": ["query", "value"],
                   "conditional_detr": ["q_proj", "v_proj"], "deformable_detr": ["value_proj", "output_proj"]}
 
 
-def _new_weights(model: nn.Module, info: dict) -> list[str]:
-    """Names of the weights that start new: missing or resized on load (and the class head, always)."""
+def _new_weights(model: nn.Module, info: dict, reset: bool) -> list[str]:
+    """Names of the weights that start new: missing or resized on load, and the class head when ``reset``."""
     new = {k for k in info.get("missing_keys", [])} | {k[0] if isinstance(k, tuple) else k
                                                       for k in info.get("mismatched_keys", [])}
-    new |= {n for n, _ in model.named_parameters() if n.startswith(CLASS_HEAD)}
+    if reset:
+        new |= {n for n, _ in model.named_parameters() if n.startswith(CLASS_HEAD)}
     return sorted(new)
 
 
@@ -71,12 +72,13 @@ def load_detector(name: str, labels: list[str], *, revision: str = "main", trust
     model, info = AutoModelForObjectDetection.from_pretrained(
         name, config=config, ignore_mismatched_sizes=True, output_loading_info=True, dtype=torch.float32, **kwargs)
     old = [source.id2label[i] for i in sorted(source.id2label)] if source.id2label else []
-    if old != list(labels):
+    reset = old != list(labels)  # other classes (even as many): the class head starts new
+    if reset:
         reset_class_head(model)
-    new = _new_weights(model, info)
+    new = _new_weights(model, info, reset)
     kept = sum(p.numel() for n, p in model.named_parameters() if n not in new)
-    log_fn(f"detector {name} ({source.model_type}): new weights: {', '.join(new)}; kept from the checkpoint: "
-           f"{kept:,} parameters (backbone, transformer, box head)")
+    log_fn(f"detector {name} ({source.model_type}): new weights: {', '.join(new) or 'none'}; kept from the "
+           f"checkpoint: {kept:,} parameters (backbone, transformer, box head)")
     model.config.task = "detection"
     return model
 
