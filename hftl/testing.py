@@ -121,7 +121,7 @@ def tiny_detector(path: str | Path, kind: str = "detr", labels: list[str] | tupl
         config = AutoConfig.for_model("yolos", hidden_size=width, num_hidden_layers=max(2, layers),
                                       num_attention_heads=2, intermediate_size=2 * width, image_size=[size, size],
                                       patch_size=8, num_detection_tokens=queries,
-                                      auxiliary_loss=aux_loss, **common)
+                                      auxiliary_loss=aux_loss, **common)  # hftl turns it off (load_detector)
         processor = YolosImageProcessorPil(size={"height": size, "width": size})
     else:
         # two stages: features at stride 8 (8 x 8 on a 64-pixel image), fine enough for objects of 10-30 pixels

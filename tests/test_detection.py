@@ -298,3 +298,8 @@ def test_true_boxes_as_outputs_score_map_one(detr, placed):
         p["image_id"] = g["image_id"]
     np.testing.assert_allclose(truth[0]["boxes"], data.splits["test"][0]["boxes"], atol=1e-3)
     assert coco_map(truth, preds, LABELS)["map"] == pytest.approx(1.0)
+
+
+def test_yolos_auxiliary_loss_is_turned_off_before_compute(tmp_path, capsys):
+    model = load_detector(tiny_detector(tmp_path / "y", kind="yolos", aux_loss=True), LABELS)
+    assert model.config.auxiliary_loss is False and "auxiliary_loss turned off" in capsys.readouterr().out

@@ -79,6 +79,10 @@ def load_detector(name: str, labels: list[str], *, revision: str = "main", trust
     kept = sum(p.numel() for n, p in model.named_parameters() if n not in new)
     log_fn(f"detector {name} ({source.model_type}): new weights: {', '.join(new) or 'none'}; kept from the "
            f"checkpoint: {kept:,} parameters (backbone, transformer, box head)")
+    if source.model_type == "yolos" and getattr(model.config, "auxiliary_loss", False):
+        # transformers 5.24's YOLOS reads hidden states it was not asked for: the first step would fail mid-epoch
+        model.config.auxiliary_loss = False
+        log_fn("YOLOS: auxiliary_loss turned off (transformers' YOLOS fails on it: no hidden states to read)")
     model.config.task = "detection"
     return model
 
