@@ -72,11 +72,32 @@ def _table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def redraw(run_dir: Path, n: int = 8) -> None:
+    """predictions.png of a finished run drawn again from its saved model (runs made before the picture showed the
+    best-scoring boxes below 0.5)."""
+    from hftl.tasks.detection import detect, prediction_picture
+
+    cfg = hftl.load_config(str(run_dir / "config.yaml"))
+    rows = hftl.load_detection(cfg.data).splits["test"][:n]
+    model, processor = hftl.load(run_dir)
+    found = detect(model, processor, [hftl.data.detection.open_image(r["image"]) for r in rows], threshold=0.0)
+    names = model.config.id2label if hasattr(model.config, "id2label") else {}
+    preds = [{"label": {"boxes": r["boxes"], "labels": [names.get(c, c) for c in r["labels"]]},
+              "predicted": {k: [f[k][i] for i in sorted(range(len(f["scores"])), key=lambda i: -f["scores"][i])]
+                            for k in ("boxes", "labels", "scores")}} for r, f in zip(rows, found, strict=True)]
+    prediction_picture(run_dir / "predictions.png", rows, preds)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--arms", nargs="+", default=list(ARMS))
+    p.add_argument("--redraw", nargs="*", default=None, help="run folders whose predictions.png to draw again")
     args = p.parse_args()
+    if args.redraw is not None:
+        for run_dir in args.redraw:
+            redraw(Path(run_dir))
+        return
     prepare()
     out = Path("bench/results/detection_transfer.json")
     results = json.loads(out.read_text()) if out.is_file() else []

@@ -305,12 +305,15 @@ class Detection:
     def tune(self, config, logits, labels, cfg=None) -> dict:
         return {}
 
-    def prediction_rows(self, truth: list[dict], preds: list[dict], config, threshold: float = 0.5) -> list[dict]:
-        """Per test image: its true boxes and labels, and the predicted ones scoring at least ``threshold``."""
+    def prediction_rows(self, truth: list[dict], preds: list[dict], config, threshold: float = 0.05,
+                        top: int = 20) -> list[dict]:
+        """Per test image: its true boxes and labels, and the ``top`` predicted ones scoring at least ``threshold``,
+        best first (low: a weakly trained detector's sigmoid scores rarely pass 0.5, yet rank its boxes)."""
         names = config.id2label
         rows = []
         for g, p in zip(truth, preds, strict=True):
-            keep = [i for i, s in enumerate(p["scores"]) if s >= threshold]
+            best = sorted(range(len(p["scores"])), key=lambda i: -p["scores"][i])[:top]
+            keep = [i for i in best if p["scores"][i] >= threshold]
             rows.append({"image_id": g["image_id"], "label": {"boxes": _round(g["boxes"]),
                                                               "labels": [names[c] for c in g["labels"]]},
                          "predicted": {"boxes": _round([p["boxes"][i] for i in keep]),
@@ -330,8 +333,9 @@ def _round(boxes: list) -> list:
 
 
 def prediction_picture(path, rows: list[dict], predictions: list[dict], n: int = 8, zoom: int = 3) -> None:
-    """A picture of the first ``n`` test images (``rows``: ``image`` PIL) with their true boxes (green) and the
-    predicted ones (red, with label and score) from ``prediction_rows``, written to ``path`` (PNG)."""
+    """A picture of the first ``n`` test images (``rows``: ``image``, a path or PIL) with their true boxes (green)
+    and as many predicted ones as there are true boxes, the best scoring (red, with label and score), from
+    ``prediction_rows``, written to ``path`` (PNG)."""
     from PIL import Image, ImageDraw
 
     from hftl.data.detection import open_image
@@ -347,8 +351,9 @@ def prediction_picture(path, rows: list[dict], predictions: list[dict], n: int =
         draw = ImageDraw.Draw(image)
         for box in pred["label"]["boxes"]:
             draw.rectangle([v * zoom for v in (box[0], box[1], box[0] + box[2], box[1] + box[3])], outline="lime")
-        for box, name, score in zip(pred["predicted"]["boxes"], pred["predicted"]["labels"],
-                                    pred["predicted"]["scores"], strict=True):
+        shown_preds = list(zip(pred["predicted"]["boxes"], pred["predicted"]["labels"], pred["predicted"]["scores"],
+                               strict=True))[: max(1, len(pred["label"]["boxes"]))]
+        for box, name, score in shown_preds:
             xy = [v * zoom for v in (box[0], box[1], box[0] + box[2], box[1] + box[3])]
             draw.rectangle(xy, outline="red")
             draw.text((xy[0] + 1, xy[1] + 1), f"{name} {score:.2f}", fill="red")
