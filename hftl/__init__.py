@@ -47,6 +47,9 @@ _EXPORTS = {
     "hftl.pretraining": ["load_masked_model", "masked_datasets", "masked_scores", "save_stage"],
     "hftl.hub": ["load", "push", "check_push_access", "HubAccessError", "PushError"],
     "hftl.assets": ["lay_into_hub_cache"],
+    "hftl.tasks.detection": ["detect", "load_detector"],
+    "hftl.data.detection": ["load_detection"],
+    "hftl.data.placed": ["placed_objects"],
     "accelerate.utils": ["set_seed"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

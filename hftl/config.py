@@ -50,7 +50,8 @@ _RANGE = re.compile(rf"(?:(>=|>)\s*({_NUMBER})|([\[(])\s*({_NUMBER})\s*,\s*({_NU
 BUILTIN_STRATEGIES = ("linear_probe", "head", "full", "freeze_n", "lp_ft")  # registered by hftl.strategies
 SHOT_METHODS = ("prototype", "probe", "setfit", "lora")  # registered by hftl.shots
 # registered by hftl.tasks
-BUILTIN_TASKS = ("classification", "multi_label", "regression", "token_classification", "ctc", "seq2seq_asr")
+BUILTIN_TASKS = ("classification", "multi_label", "regression", "token_classification", "ctc", "seq2seq_asr",
+                 "detection")
 
 
 def in_range(value: float, spec: str) -> bool:
@@ -203,6 +204,10 @@ class DataConfig:
                                  "target (empty: data.label_column).", item=str)
     text_pair_column: str = _f("", "Column holding the second text of a pair (entailment, duplicates), encoded as the "
                                    "tokenizer pairs two texts (empty: one text per input).")
+    image_dir: str = _f("", "detection: folder of the COCO file's images (empty: the folder of the JSON file).")
+    box_format: str = _f("xywh", "detection: how data boxes are given: xywh (COCO), xyxy (corners), cxcywh (centre); "
+                                 "with _norm: in fractions of the image size.",
+                         ("xywh", "xyxy", "cxcywh", "xywh_norm", "xyxy_norm", "cxcywh_norm"))
 
     def __post_init__(self) -> None:
         check_fields(self, "data.")
@@ -222,7 +227,7 @@ class TaskConfig:
                                      "multi_label (any number of labels), regression (one or more numbers), "
                                      "token_classification (one tag per word), ctc (speech to characters by a "
                                      "CTC head), seq2seq_asr (speech to text by an encoder-decoder such as "
-                                     "Whisper).")
+                                     "Whisper), detection (boxes and their classes).")
     threshold: float = _f(0.0, "multi_label: the decision threshold on each label's probability (0: tuned on "
                                "validation after training, saved in the model's config).", range="[0, 1) (0: tuned)")
     standardize: bool = _f(True, "regression: train on standardised targets (train mean and std, saved in the "

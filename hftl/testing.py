@@ -198,3 +198,44 @@ def tiny_wav2vec2_model(path: str | Path, seed: int = 0) -> str:
     AutoModel.from_config(config).save_pretrained(path)
     Wav2Vec2FeatureExtractor(sampling_rate=16000, return_attention_mask=True).save_pretrained(path)
     return str(path)
+
+
+def tiny_detector(path: str | Path, kind: str = "detr", labels: list[str] | tuple = ("a", "b"), size: int = 64,
+                  seed: int = 0, width: int = 32, queries: int = 10, layers: int = 1, aux_loss: bool = True) -> str:
+    """A small randomly initialised detector (``detr`` or ``conditional_detr`` on transformers' own ResNet backbone,
+    or ``yolos``) and its image processor (PIL class, images resized to ``size`` x ``size``), saved as a Hugging Face
+    directory: what detection tests and the from-scratch arm of the detection benchmark start from. ``aux_loss``:
+    the loss of every decoder layer's predictions too (DETR's auxiliary losses: faster convergence)."""
+    import torch
+    from transformers import (
+        AutoConfig,
+        AutoModelForObjectDetection,
+        ConditionalDetrImageProcessorPil,
+        DetrImageProcessorPil,
+        ResNetConfig,
+        YolosImageProcessorPil,
+    )
+
+    torch.manual_seed(seed)
+    id2label = dict(enumerate(labels))
+    common = {"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
+    if kind == "yolos":
+        config = AutoConfig.for_model("yolos", hidden_size=width, num_hidden_layers=max(2, layers),
+                                      num_attention_heads=2, intermediate_size=2 * width, image_size=[size, size],
+                                      patch_size=8, num_detection_tokens=queries,
+                                      auxiliary_loss=aux_loss, **common)  # hftl turns it off (load_detector)
+        processor = YolosImageProcessorPil(size={"height": size, "width": size})
+    else:
+        # two stages: features at stride 8 (8 x 8 on a 64-pixel image), fine enough for objects of 10-30 pixels
+        backbone = ResNetConfig(num_channels=3, embedding_size=16, hidden_sizes=[32, 64], depths=[1, 1],
+                                layer_type="basic", out_features=["stage2"])
+        config = AutoConfig.for_model(kind, backbone_config=backbone, use_timm_backbone=False,
+                                      use_pretrained_backbone=False, d_model=width, encoder_layers=layers,
+                                      decoder_layers=layers, encoder_attention_heads=2, decoder_attention_heads=2,
+                                      encoder_ffn_dim=2 * width, decoder_ffn_dim=2 * width, num_queries=queries,
+                                      auxiliary_loss=aux_loss, **common)
+        cls = ConditionalDetrImageProcessorPil if kind == "conditional_detr" else DetrImageProcessorPil
+        processor = cls(size={"height": size, "width": size})
+    AutoModelForObjectDetection.from_config(config).save_pretrained(path)
+    processor.save_pretrained(path)
+    return str(path)

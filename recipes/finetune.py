@@ -35,6 +35,10 @@ from hftl.train import eval_batch, train_batch
 
 def main(cfg: Config) -> dict:
     quiet_unless_terminal()
+    if cfg.task.name == "detection":  # boxes: its own data, evaluation and outputs (recipes/detect.py)
+        from hftl.recipes.detect import main as detect
+
+        return detect(cfg)
     # the task (task.name), its metrics and metric_for_best, before any compute (else they fail at the first
     # evaluation)
     task = get_task(cfg.task.name)

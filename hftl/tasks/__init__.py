@@ -48,7 +48,8 @@ from hftl.config import ConfigError
 
 TASKS: dict[str, object] = {}
 # imported on first use, each registers itself
-_MODULES = ("classification", "multi_label", "regression", "token_classification", "ctc", "seq2seq_asr")
+_MODULES = ("classification", "multi_label", "regression", "token_classification", "ctc", "seq2seq_asr",
+            "detection")
 DEFAULT = "classification"
 
 
