@@ -49,7 +49,8 @@ WHATS = ("auto", "model", "adapter", "merged")
 KIND_NAMES = {"model": "full model", "adapter": "adapter + head", "merged": "merged model"}
 PLOT_SUFFIXES = (".png",)
 SKIP_DIRS = ("model", "merged")  # run_dir subfolders never searched for plots (checkpoint* too)
-ADAPTER_ONLY_FILES = (ADAPTER_CONFIG, "adapter_model.safetensors", "adapter_model.bin", "config.json", "README.md")
+ADAPTER_ONLY_FILES = (ADAPTER_CONFIG, "adapter_model.safetensors", "adapter_model.bin", "config.json", "README.md",
+                      "modeling_hftl.py")
 
 # How an adapter's base model is rebuilt when no config.json names the head's class: peft's task type first,
 # then the saved head module with the base config's modality (first mapping whose table holds the model type).
@@ -406,6 +407,9 @@ def save_model(model: Any, directory: str | os.PathLike, processor: Any = None) 
         model.get_base_model().config.save_pretrained(directory)
     if processor is not None:
         processor.save_pretrained(directory)
+    from hftl.run import finish_model_dir
+
+    finish_model_dir(directory, directory.resolve())
     return directory
 
 
@@ -420,6 +424,9 @@ def merge_adapter(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         raise ValueError(f"{adapter_dir} holds no peft adapter ({ADAPTER_CONFIG}): there is nothing to merge")
     merged = _load_local(adapter_dir, token)[0].merge_and_unload()
     merged.save_pretrained(out_dir)
+    from hftl.modeling import add_remote_code
+
+    add_remote_code(out_dir)
     for path in adapter_dir.iterdir():  # processor files, copied byte for byte
         if path.is_file() and path.name not in ADAPTER_ONLY_FILES and not (out_dir / path.name).exists():
             shutil.copy2(path, out_dir / path.name)
