@@ -114,14 +114,38 @@ def read_inputs(inputs, predictor: Predictor, *, column: str | None = None,
     return list(inputs), None
 
 
-def _table(path: Path, predictor: Predictor, column: str | None, label_column: str | None) -> tuple[list, list | None]:
-    from datasets import load_dataset
-
+def read_table(path: Path) -> dict[str, list]:
+    """Columns of a CSV/TSV, JSON (a list of records), JSON-lines or parquet file, read directly: no cache written,
+    no progress bar. Raises DataError for a file that does not parse, naming it."""
     from hftl.data import DataError
 
-    kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-    table = load_dataset(FILE_BUILDERS[path.suffix.lower()], data_files=str(path), split="train", **kwargs)
-    names = table.column_names
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path).to_pydict()
+        if suffix in (".csv", ".tsv"):
+            import csv
+
+            with path.open(newline="", encoding="utf-8") as f:
+                records = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+        else:
+            text = path.read_text(encoding="utf-8")
+            records = ([json.loads(line) for line in text.splitlines() if line.strip()] if suffix == ".jsonl"
+                       else json.loads(text))
+            records = records.get("data", records) if isinstance(records, dict) else records
+    except (ValueError, OSError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read {path}: {type(err).__name__}: {err}; give a valid {suffix[1:]} file") from err
+    names = list(dict.fromkeys(k for r in records for k in r))
+    return {k: [r.get(k) for r in records] for k in names}
+
+
+def _table(path: Path, predictor: Predictor, column: str | None, label_column: str | None) -> tuple[list, list | None]:
+    from hftl.data import DataError
+
+    table = read_table(path)
+    names = list(table)
     wanted = [c for c in (column, predictor.input_column, "text", "input", "image", "audio", "path", "file") if c]
     found = next((c for c in wanted if c in names), None)
     if found is None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hftl.recipes.finetune import main
@@ -141,3 +142,127 @@ def test_card_is_plain_words_with_how_to_load_and_predict(runs):
     assert "AutoPeftModelForSequenceClassification" in card
     body = card.split("## Configuration")[0]
     assert not any(s in body for s in ("{'", "['", "PeftType.", "set()")), body  # no raw Python values
+
+
+# -- what trained is what predicts ----------------------------------------------------------------------------------
+def _predictor(backbone, processor, modality: str):
+    from hftl.inference import Predictor
+    from hftl.modeling import HftlForClassification
+
+    torch.manual_seed(0)
+    model = HftlForClassification.from_backbone(backbone, 2, id2label={0: "dark", 1: "light"}).eval()
+    return Predictor(model=model, processor=processor, modality=modality, labels=["dark", "light"], max_seconds=2.0)
+
+
+def test_grayscale_16bit_palette_and_rgba_images_predict_as_in_training(tmp_path):
+    from PIL import Image
+    from transformers import AutoConfig, AutoModel, ViTImageProcessorPil
+
+    from hftl.data.vision import ImageTransform
+    from hftl.inference import _batch, predict
+
+    backbone = AutoModel.from_config(AutoConfig.for_model(
+        "vit", hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, image_size=32,
+        patch_size=8))
+    predictor = _predictor(backbone, ViTImageProcessorPil(size={"height": 32, "width": 32}), "vision")
+    gray = np.random.default_rng(0).integers(0, 256, (20, 24)).astype(np.uint8)
+    images = {"rgb": Image.fromarray(np.stack([gray] * 3, -1)), "gray": Image.fromarray(gray),
+              "16bit": Image.fromarray(gray.astype(np.uint16) * 257), "palette": Image.fromarray(gray).convert("P"),
+              "rgba": Image.fromarray(gray).convert("RGBA")}
+    files = {}
+    for name, image in images.items():
+        image.save(tmp_path / f"{name}.png")
+        files[name] = str(tmp_path / f"{name}.png")
+    assert Image.open(files["16bit"]).mode.startswith("I")  # a real 16-bit file, as scanners and microscopes write
+    rows = {r["input"]: r["scores"] for r in predict(predictor, list(files.values()))}
+    for name, path in files.items():  # the same picture in every mode: the same scores as its RGB form
+        assert rows[path] == pytest.approx(rows[files["rgb"]], abs=1e-6), name
+    # prediction's pixels are training's pixels (no augmentation), file by file
+    trained = ImageTransform(predictor.processor, augment=False)({"image": list(files.values()), "label": [0] * 5})
+    np.testing.assert_array_equal(np.stack(trained["pixel_values"]), _batch(predictor, list(files.values()))[
+        "pixel_values"].numpy())
+
+
+def test_audio_at_other_rates_is_resampled_as_in_training(tmp_path):
+    import soundfile as sf
+    from transformers import AutoConfig, AutoModel, Wav2Vec2FeatureExtractor
+
+    from hftl.data.speech import AudioTransform
+    from hftl.inference import predict
+
+    backbone = AutoModel.from_config(AutoConfig.for_model(
+        "wav2vec2", hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+        conv_dim=(16, 16, 16), conv_stride=(5, 2, 2), conv_kernel=(10, 3, 3), num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2))
+    extractor = Wav2Vec2FeatureExtractor(sampling_rate=16000, return_attention_mask=True)
+    predictor = _predictor(backbone, extractor, "speech")
+    files = {}
+    for rate in (16000, 8000, 44100):
+        t = np.arange(rate) / rate
+        wave = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+        files[rate] = str(tmp_path / f"tone-{rate}.wav")
+        sf.write(files[rate], np.stack([wave, wave], -1) if rate == 44100 else wave, rate)  # one stereo
+    rows = {r["input"]: r["scores"] for r in predict(predictor, list(files.values()))}
+    for rate, path in files.items():
+        assert rows[path] == pytest.approx(rows[files[16000]], abs=2e-3), rate
+    waves = AudioTransform(16000, 2.0)({"audio": [files[8000]], "label": [0]})["waveform"]
+    assert len(waves[0]) == 16000  # 1 s at 8 kHz -> 16,000 samples at the model's rate, as in training
+
+
+# -- hftl predict / evaluate ----------------------------------------------------------------------------------------
+def _hftl(*args: str, stdin: str | None = None, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hftl.cli", *args], input=stdin, capture_output=True, text=True,
+                          env=_env(), cwd=cwd, timeout=300)
+
+
+def _test_split(run: Path, path: Path) -> Path:
+    """The run's test split (inputs and true labels) as a CSV, from its predictions.jsonl."""
+    import csv
+
+    rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows([r["input"], r["label"]] for r in rows)
+    return path
+
+
+@pytest.mark.parametrize("strategy", ["full", "lora"])
+def test_predict_on_the_test_split_reproduces_the_test_accuracy(runs, tmp_path, strategy):
+    run = runs[strategy]
+    test = _test_split(run, tmp_path / "test.csv")
+    expected = json.loads((run / "metrics.json").read_text())["test"]
+    out = _hftl("evaluate", str(run), str(test))
+    assert out.returncode == 0, out.stderr[-2000:]
+    scores = json.loads(out.stdout.strip().splitlines()[-1])
+    assert scores["accuracy"] == pytest.approx(expected["accuracy"]) and scores["examples"] == 24
+    out = _hftl("predict", str(run / "model"), str(test))  # the model folder, fed the file: JSON lines
+    assert out.returncode == 0, out.stderr[-2000:]
+    labels = [json.loads(line)["label"] for line in out.stdout.strip().splitlines()]
+    truth = [json.loads(line)["label"] for line in (run / "predictions.jsonl").read_text().splitlines()]
+    assert sum(a == b for a, b in zip(labels, truth, strict=True)) / len(truth) == pytest.approx(expected["accuracy"])
+
+
+def test_predict_texts_stdin_and_table(runs):
+    run = runs["full"]
+    args = _hftl("predict", str(run), *TEXTS)
+    stdin = _hftl("predict", str(run), "-", stdin="\n".join(TEXTS) + "\n")
+    assert args.returncode == 0 and stdin.returncode == 0, args.stderr[-2000:] + stdin.stderr[-2000:]
+    rows = [json.loads(line) for line in args.stdout.strip().splitlines()]
+    assert [r["input"] for r in rows] == TEXTS and all(set(r) == {"input", "label", "score", "scores"} for r in rows)
+    assert args.stdout == stdin.stdout
+    table = _hftl("predict", str(run), *TEXTS, "--format", "table")
+    assert table.stdout.splitlines()[0].split() == ["input", "label", "score"] and len(table.stdout.splitlines()) == 4
+    import hftl
+
+    from_script = hftl.predict(run, TEXTS)
+    assert [r["label"] for r in from_script] == [r["label"] for r in rows]
+
+
+def test_predict_bad_inputs_are_one_line_errors(runs, tmp_path):
+    (tmp_path / "x.csv").write_text("review,stars\nfine,1\n")
+    for args, needle in ((["predict", str(runs["full"]), str(tmp_path / "x.csv")], "--column"),
+                         (["predict", str(tmp_path / "nothing-here"), "hi"], "Hub repo id"),
+                         (["evaluate", str(runs["full"]), str(tmp_path / "x.csv"), "--column", "review"], "labels")):
+        out = _hftl(*args)
+        assert out.returncode == 2 and needle in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
