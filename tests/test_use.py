@@ -266,3 +266,29 @@ def test_predict_bad_inputs_are_one_line_errors(runs, tmp_path):
                          (["evaluate", str(runs["full"]), str(tmp_path / "x.csv"), "--column", "review"], "labels")):
         out = _hftl(*args)
         assert out.returncode == 2 and needle in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+# -- the README's snippet ---------------------------------------------------------------------------------------------
+def _snippet() -> str:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## From a script", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_snippet_names_only_what_exists():
+    import hftl
+
+    code = _snippet()
+    compile(code, "README.md", "exec")
+    names = {word.split("(")[0] for word in code.replace("hftl.", " hftl.").split() if word.startswith("hftl.")}
+    assert names and all(hasattr(hftl, n.removeprefix("hftl.")) for n in names if n.count(".") == 1), names
+
+
+@pytest.mark.integration
+def test_readme_snippet_runs_as_pasted(tmp_path):
+    """The real MiniLM and Rotten Tomatoes (packaged): the snippet, run from a copy of the repository's layout."""
+    (tmp_path / "recipes").symlink_to(ROOT / "recipes")
+    out = subprocess.run([sys.executable, "-c", _snippet()], cwd=tmp_path, env=_env(), capture_output=True,
+                         text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "test accuracy" in out.stdout and (tmp_path / "runs" / "from-script" / "hftl_run.json").is_file()
