@@ -211,7 +211,8 @@ class HftlForClassification(PreTrainedModel):
         model = cls(config, backbone=encoder_of(backbone))
         model.head.apply(model._init_weights)
         if adapter is not None:  # the adapter's own head (modules_to_save) replaces the new one
-            model.load_adapter(str(adapter), **{k: v for k, v in hub.items() if k != "local_files_only"})
+            model.load_adapter(str(adapter), local_files_only=bool(hub.get("local_files_only")),
+                               adapter_kwargs={k: v for k, v in hub.items() if k != "local_files_only"})
         return model.eval()
 
     def get_input_embeddings(self) -> nn.Module:

@@ -292,3 +292,78 @@ def test_readme_snippet_runs_as_pasted(tmp_path):
                          text=True, timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "test accuracy" in out.stdout and (tmp_path / "runs" / "from-script" / "hftl_run.json").is_file()
+
+
+# -- pushed, then loaded elsewhere ----------------------------------------------------------------------------------
+PUSH = """
+import sys
+from huggingface_hub import HfApi, constants
+from hftl.hub import push
+base, runs = sys.argv[1], sys.argv[2:]
+constants.HF_HUB_DISABLE_XET = True  # the base, with the plain client (HfApi uses Xet whenever hf_xet is installed)
+HfApi().create_repo("alice/tiny-base", exist_ok=True)
+HfApi().upload_folder(folder_path=base, repo_id="alice/tiny-base")
+constants.HF_HUB_DISABLE_XET = False  # hftl's push must find by itself that this server has no Xet
+for run in runs:
+    name, what = run.split("=")[0], run.split("=")[1]
+    print(push(run.split("=")[2], "alice/" + name, what=what))
+"""
+
+
+def _lay_into_cache(model_dir: str, repo_id: str) -> None:
+    """A local model resolvable by its Hub id offline (the Hub cache's layout), as a download would leave it."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    repo = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(model_dir, repo / "snapshots" / ("0" * 40), dirs_exist_ok=True)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+
+
+def test_pushed_lora_run_reloads_elsewhere_and_reproduces_its_accuracy(tiny_model, tiny_csv, runs, tmp_path):
+    from hub_server import HubServer
+
+    _lay_into_cache(tiny_model, "alice/tiny-base")
+    lora = _run([f"model.name=alice/tiny-base", f"data.name={tiny_csv}", "data.validation_size=0.2",
+                 "data.test_size=0.2", "train.batch_size=8", "train.lr=3e-3", f"output_dir={tmp_path / 'run'}"],
+                tmp_path, "lora")
+    test = _test_split(lora, tmp_path / "test.csv")
+    with HubServer(tokens={"tok": "alice"}) as hub:
+        env = {k: v for k, v in hub.client_env(home=tmp_path / "pusher", token="tok").items()
+               if k != "HF_HUB_DISABLE_XET"}
+        pushes = [f"tiny-lora=adapter={lora}", f"tiny-full=model={runs['full']}",
+                  f"tiny-merged=merged={runs['lora']}"]
+        out = subprocess.run([sys.executable, "-c", PUSH, tiny_model, *pushes], env=env, capture_output=True,
+                             text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "no Xet storage" in out.stderr  # found by itself, said once per push
+        # nothing pushed names a folder of this machine
+        for repo in ("alice/tiny-lora", "alice/tiny-full", "alice/tiny-merged"):
+            for name, data in hub.files(repo).items():
+                for local in (str(tmp_path.parent.parent), str(ROOT), str(Path(tiny_model).parent)):
+                    assert local.encode() not in data, (repo, name, local)
+        adapter = json.loads(hub.files("alice/tiny-lora")["adapter_config.json"])
+        assert adapter["base_model_name_or_path"] == "alice/tiny-lora"
+        card = hub.files("alice/tiny-lora")["README.md"].decode()
+        assert "base_model: alice/tiny-base" in card and card.count("\n---") >= 1
+        # elsewhere: a fresh Hub cache, online against the server, hftl's evaluate and peft without hftl
+        loader = hub.client_env(home=tmp_path / "elsewhere")
+        out = subprocess.run([sys.executable, "-m", "hftl.cli", "evaluate", "alice/tiny-lora", str(test)],
+                             env={**loader, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        expected = json.loads((lora / "metrics.json").read_text())["test"]["accuracy"]
+        assert json.loads(out.stdout.strip().splitlines()[-1])["accuracy"] == pytest.approx(expected)
+        out = subprocess.run([sys.executable, "-c", NO_HFTL, "peft", "alice/tiny-lora", json.dumps(TEXTS)],
+                             env={**loader, "OMP_NUM_THREADS": "1"}, cwd=tmp_path, capture_output=True, text=True,
+                             timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        torch.testing.assert_close(torch.tensor(json.loads(out.stdout.strip().splitlines()[-1])),
+                                   _hftl_probs(lora / "model"), rtol=1e-4, atol=1e-5)
+
+
+def test_adapter_on_a_local_base_is_refused_before_upload(runs):
+    out = _hftl("push", str(runs["lora"]), "alice/never")
+    assert out.returncode == 2 and "--what merged" in out.stderr and len(out.stderr.strip().splitlines()) == 1, \
+        out.stderr
