@@ -65,7 +65,8 @@ def _metadata(cfg: dict, metrics: dict, facts: dict) -> dict:
                 "results": [
                     {
                         "task": {"type": PIPELINE_TAGS.get(facts.get("modality", "text"), "text-classification")},
-                        "dataset": {"name": _shown(data), "type": data if _is_hub_id(data) else "local", "split": "test"},
+                        "dataset": {"name": _shown(data), "type": data if _is_hub_id(data) else "local",
+                                    "split": "test"},
                         "metrics": results,
                     }
                 ],
@@ -95,6 +96,7 @@ def _words(value) -> str:
 def _use(modality: str, adapter: bool) -> str:
     """How to load and predict: hftl, plain transformers (pipeline and Auto class), peft for an adapter."""
     auto = AUTO_CLASSES.get(modality, AUTO_CLASSES["text"])
+    tag = PIPELINE_TAGS.get(modality, "text-classification")
     example = EXAMPLES.get(modality, EXAMPLES["text"])
     peft = (f"""
 The adapter with peft's own loader (it rebuilds the base from the backbone named in `config.json`):
@@ -116,7 +118,7 @@ Without hftl, with transformers alone: the model's code (`modeling_hftl.py`) com
 `trust_remote_code=True`{" (the adapter is loaded onto its base for you)" if adapter else ""}:
 ```python
 from transformers import pipeline
-classify = pipeline("{PIPELINE_TAGS.get(modality, "text-classification")}", model="PATH_OR_REPO_ID", trust_remote_code=True)
+classify = pipeline("{tag}", model="PATH_OR_REPO_ID", trust_remote_code=True)
 print(classify({example["py"]}))
 ```
 or `transformers.{auto}.from_pretrained("PATH_OR_REPO_ID", trust_remote_code=True)`.
@@ -154,8 +156,8 @@ def model_card(cfg: dict, metrics: dict, facts: dict) -> str:
 # {facts.get("name", "hftl model")}
 
 The pretrained model `{_shown(cfg["model"]["name"])}` (revision `{cfg["model"]["revision"]}`) was adapted to classify
-{MODALITY_WORDS.get(modality, "inputs")} of **{_shown(cfg["data"]["name"])}** into {len(facts.get("labels", []))} labels,
-with [hftl](https://pypi.org/project/hftl/) and the **{cfg["strategy"]["name"]}** transfer strategy.
+{MODALITY_WORDS.get(modality, "inputs")} of **{_shown(cfg["data"]["name"])}** into {len(facts.get("labels", []))}
+labels, with [hftl](https://pypi.org/project/hftl/) and the **{cfg["strategy"]["name"]}** transfer strategy.
 
 ## Transfer
 {_table(strategy)}

@@ -31,7 +31,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 from contextlib import ExitStack
@@ -303,13 +302,14 @@ def push(
     """
     if accelerator is not None and not accelerator.is_main_process:
         return None
+    from hftl.publishing import publishable, refuse_local_base
     from hftl.rundir import require_complete
 
     run_dir = Path(run_dir)
     require_complete(run_dir)  # a run that did not finish is never pushed as if it had
     kind, model_dir, needs_merge = _select_model(run_dir, what)
     if kind == "adapter":
-        _refuse_local_base(run_dir, model_dir, repo_id)
+        refuse_local_base(model_dir, f"hftl push {run_dir} {repo_id}")
     token = _resolve_token(token)
     repo_id = check_push_access(repo_id, token=token)
     with ExitStack() as stack:
@@ -319,62 +319,6 @@ def push(
         files = publishable(files, repo_id, revision, Path(stack.enter_context(tempfile.TemporaryDirectory())))
         message = commit_message or _default_message(run_dir, kind)
         return _upload(files, repo_id, token, private, revision, message, create_pr)
-
-
-# -- nothing local in what is pushed ---------------------------------------------------------------------------------
-_ABSOLUTE = re.compile(r"(?<![\w:/.~-])/(?:[\w.+@-]+/)*[\w.+@-]+")
-
-
-def _is_local_path(text: str) -> bool:
-    """An absolute path of this machine: it exists, or its top folder does (``/tmp/...``, ``/home/...``)."""
-    parts = Path(text).parts
-    return os.path.isabs(text) and len(parts) > 2 and (os.path.exists(text) or os.path.isdir(os.path.join(*parts[:2])))
-
-
-def scrub_paths(text: str) -> str:
-    """``text`` with every absolute local path replaced by its last component (``/home/al/data/rt.csv`` ->
-    ``rt.csv``): what is pushed names no folder of this machine."""
-    return _ABSOLUTE.sub(lambda m: Path(m.group(0)).name if _is_local_path(m.group(0)) else m.group(0), text)
-
-
-def _refuse_local_base(run_dir: Path, model_dir: Path, repo_id: str) -> None:
-    """An adapter is loaded onto its base: a base that is a folder of this machine cannot be loaded anywhere else."""
-    from hftl.config import ConfigError
-
-    base = _read_json(model_dir / "config.json").get("backbone_name") or ""
-    if base and (os.path.isabs(base) or Path(base).exists()):
-        raise ConfigError(
-            f"hftl push: the adapter in {model_dir} was trained on the local model {base}, which nobody can load "
-            f"from the Hub: push the merged model instead (hftl push {run_dir} {repo_id} --what merged), or push the "
-            f"base first (hf upload USER/BASE {base}) and train again with model.name=USER/BASE")
-
-
-def publishable(files: dict[str, Path], repo_id: str, revision: str | None, tmp: Path) -> dict[str, Path]:
-    """The files to push, the ones that name local paths rewritten into ``tmp``: an adapter's
-    ``base_model_name_or_path`` becomes ``repo_id`` itself (its ``config.json`` there names the backbone the base is
-    rebuilt from), a local ``backbone_name`` of a full model is dropped, other absolute paths lose their folders."""
-    out = dict(files)
-    for name, path in files.items():
-        if path.suffix not in (".json", ".yaml", ".md") or path.stat().st_size > 10 * 2**20:
-            continue
-        text = path.read_text(encoding="utf-8")
-        new = text
-        if name == ADAPTER_CONFIG:
-            config = json.loads(text)
-            config.update(base_model_name_or_path=repo_id, revision=revision)
-            new = json.dumps(config, indent=2, sort_keys=True) + "\n"
-        elif name == "config.json" and ADAPTER_CONFIG not in files:
-            config = json.loads(text)
-            base = str(config.get("backbone_name") or "")
-            if base and (os.path.isabs(base) or Path(base).exists()):
-                config["backbone_name"] = None  # the full weights are here: the base is not needed to load them
-            new = json.dumps(config, indent=2, sort_keys=True) + "\n"
-        new = scrub_paths(new)
-        if new != text:
-            out[name] = tmp / name
-            out[name].parent.mkdir(parents=True, exist_ok=True)
-            out[name].write_text(new, encoding="utf-8")
-    return out
 
 
 def _upload(
@@ -403,9 +347,11 @@ def _upload(
         try:
             info = commit()
         except Exception as err:
-            if not _no_xet(err):
+            from hftl.publishing import classic_protocol, no_xet
+
+            if not no_xet(err):
                 raise
-            with _classic_protocol():  # nothing was committed: the same commit again, without Xet
+            with classic_protocol():  # nothing was committed: the same commit again, without Xet
                 info = commit()
     except Exception as err:
         if _is_access_refusal(err):
@@ -417,33 +363,6 @@ def _upload(
         raise _push_error(api, repo_id, target, files, token, err) from err
     logger.info("Pushed %d files to %s@%s: %s", len(files), repo_id, target, info.commit_url)
     return (info.pr_url or info.commit_url) if create_pr else info.commit_url
-
-
-def _no_xet(err: BaseException) -> bool:
-    """Whether the upload failed because the Hub server has no Xet storage (self-hosted or older servers answer 404
-    for the Xet write token): huggingface_hub uses Xet whenever ``hf_xet`` is installed, without asking the server."""
-    while err is not None:
-        text = str(err).lower()
-        if "xet" in text and ("404" in text or "not found" in text):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
-
-
-class _classic_protocol:
-    """Uploads in this block use the classic LFS protocol (as ``HF_HUB_DISABLE_XET=1``), for a server without Xet."""
-
-    def __enter__(self):
-        from huggingface_hub import constants
-
-        logger.warning("the Hub at %s has no Xet storage: uploading with the classic protocol", constants.ENDPOINT)
-        self.before = constants.HF_HUB_DISABLE_XET
-        constants.HF_HUB_DISABLE_XET = True
-
-    def __exit__(self, *exc) -> None:
-        from huggingface_hub import constants
-
-        constants.HF_HUB_DISABLE_XET = self.before
 
 
 def _is_access_refusal(err: BaseException) -> bool:

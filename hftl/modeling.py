@@ -180,7 +180,8 @@ class HftlForClassification(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Load a saved model; an adapter's folder or repo (no weights of the whole model) is rebuilt from its backbone.
+        """Load a saved model; an adapter's folder or repo (no weights of the whole model) is rebuilt from its
+        backbone.
 
         An hftl adapter folder holds ``config.json`` (this class's config, which names ``backbone_name``),
         ``adapter_config.json`` and the adapter + head weights. Its base is the backbone named there with a new head,
@@ -242,10 +243,12 @@ class HftlForClassification(PreTrainedModel):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
-FULL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+FULL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
 REMOTE_CODE = "modeling_hftl.py"  # this file, copied beside every saved model: loads without hftl installed
 AUTO_MAP = {"AutoConfig": "modeling_hftl.HftlConfig"} | {
-    f"AutoModelFor{kind}Classification": "modeling_hftl.HftlForClassification" for kind in ("Sequence", "Image", "Audio")}
+    f"AutoModelFor{kind}Classification": "modeling_hftl.HftlForClassification"
+    for kind in ("Sequence", "Image", "Audio")}
 
 
 def _repo_file(path, name: str, kwargs: dict) -> str | None:

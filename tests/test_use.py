@@ -326,7 +326,7 @@ def test_pushed_lora_run_reloads_elsewhere_and_reproduces_its_accuracy(tiny_mode
     from hub_server import HubServer
 
     _lay_into_cache(tiny_model, "alice/tiny-base")
-    lora = _run([f"model.name=alice/tiny-base", f"data.name={tiny_csv}", "data.validation_size=0.2",
+    lora = _run(["model.name=alice/tiny-base", f"data.name={tiny_csv}", "data.validation_size=0.2",
                  "data.test_size=0.2", "train.batch_size=8", "train.lr=3e-3", f"output_dir={tmp_path / 'run'}"],
                 tmp_path, "lora")
     test = _test_split(lora, tmp_path / "test.csv")
