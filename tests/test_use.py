@@ -367,3 +367,41 @@ def test_adapter_on_a_local_base_is_refused_before_upload(runs):
     out = _hftl("push", str(runs["lora"]), "alice/never")
     assert out.returncode == 2 and "--what merged" in out.stderr and len(out.stderr.strip().splitlines()) == 1, \
         out.stderr
+
+
+# -- the command line -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["predict", "evaluate", "configs", "config", "push", "report"])
+def test_each_subcommand_help_says_what_it_does_writes_and_an_example(command):
+    import time
+
+    start = time.perf_counter()
+    out = _hftl(command, "--help")
+    assert out.returncode == 0 and time.perf_counter() - start < 5  # nothing heavy imported (wide margin)
+    assert "Writes:" in out.stdout and "example: hftl " + command in out.stdout, out.stdout
+
+
+def test_configs_lists_every_shipped_config_and_what_it_needs_first():
+    out = _hftl("configs")
+    assert out.returncode == 0, out.stderr
+    shipped = sorted(ROOT.glob("recipes/configs/*/*.yaml"))
+    blocks = out.stdout.split("\n")
+    for path in shipped:
+        name = f"{path.parent.name}/{path.name}"
+        at = blocks.index(name)
+        first = next(line for line in blocks[at:] if line.strip().startswith("first:"))
+        if "python scripts/" in path.read_text().split("\n\n")[0]:  # made by a script: said before anything else
+            assert "python scripts/" in first, (name, first)
+    at = blocks.index("text/minilm-rt-linear_probe.yaml")  # the demo's config needs nothing first
+    assert blocks[at + 3].strip().startswith("first: nothing"), blocks[at:at + 4]
+
+
+def test_local_run_never_touches_the_network(runs):
+    from hub_server import HubServer
+
+    with HubServer() as hub:  # online, an endpoint that answers: any request would be recorded
+        env = {**hub.client_env(), "OMP_NUM_THREADS": "1"}
+        for run in (runs["lora"], runs["full"] / "model"):
+            out = subprocess.run([sys.executable, "-m", "hftl.cli", "predict", str(run), "a good film"], env=env,
+                                 capture_output=True, text=True, timeout=300)
+            assert out.returncode == 0, out.stderr[-2000:]
+        assert hub.requests == [], hub.requests
