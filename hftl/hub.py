@@ -7,14 +7,13 @@ the model files to the repo root with the card, config, metrics and plots in one
 ``(model, processor)`` from a repo id or a local directory.
 
 Labels of an adapter: an adapter directory keeps no model config, so the new head's labels would be lost.
-hftl saves the base model's config (with ``num_labels``, ``id2label``, ``label2id`` and ``architectures`` naming
-the head's class) as ``config.json`` beside the adapter (:func:`save_model`, as ``hftl.run.save_run`` does);
-:func:`load` rebuilds the base model with that config before loading the adapter and its head. With plain
-transformers/peft: ``config = AutoConfig.from_pretrained(repo)``, then
-``AutoModelForSequenceClassification.from_pretrained(adapter_config.base_model_name_or_path, config=config)`` and
-``PeftModel.from_pretrained(base, repo)``. The price of that choice: ``AutoModel*.from_pretrained(local_adapter_dir)``
-takes the directory for a full model and fails for want of ``model.safetensors`` (a repo id still works: it
-loads the base named in ``adapter_config.json``). Without ``config.json`` the number of labels is read from the
+hftl saves the base model's config (with ``num_labels``, ``id2label``, ``label2id`` and the backbone it was built
+on) as ``config.json`` beside the adapter (:func:`save_model`, as ``hftl.run.save_run`` does), with hftl's model code
+(``modeling_hftl.py``, named in its ``auto_map``); :func:`load` rebuilds the base model with that config before
+loading the adapter and its head. Without hftl: ``AutoModelForSequenceClassification.from_pretrained(repo,
+trust_remote_code=True)``, ``pipeline(..., trust_remote_code=True)`` or peft's
+``AutoPeftModelForSequenceClassification`` (its ``base_model_name_or_path`` is the repo itself: the base is the
+backbone named in ``config.json`` with a new head). Without ``config.json`` the number of labels is read from the
 saved head's shape (labels are then ``LABEL_i``).
 
 The token is never written or logged: not in messages, the card, the config or the run directory.
