@@ -39,7 +39,9 @@ def refuse_local_base(model_dir: Path, command: str) -> None:
     """An adapter is loaded onto its base: a base that is a folder of this machine cannot be loaded anywhere else."""
     from hftl.config import ConfigError
 
-    base = _read_json(model_dir / "config.json").get("backbone_name") or ""
+    config = _read_json(model_dir / "config.json")
+    base = (config.get("backbone_name") if config.get("model_type") == "hftl"  # hftl's: rebuilt from its backbone
+            else _read_json(model_dir / ADAPTER_CONFIG).get("base_model_name_or_path")) or ""
     if base and (os.path.isabs(base) or Path(base).exists()):
         raise ConfigError(
             f"hftl push: the adapter in {model_dir} was trained on the local model {base}, which nobody can load "
@@ -48,7 +50,7 @@ def refuse_local_base(model_dir: Path, command: str) -> None:
 
 
 def publishable(files: dict[str, Path], repo_id: str, revision: str | None, tmp: Path) -> dict[str, Path]:
-    """The files to push, the ones that name local paths rewritten into ``tmp``: an adapter's
+    """The files to push, the ones that name local paths rewritten into ``tmp``: an hftl adapter's
     ``base_model_name_or_path`` becomes ``repo_id`` itself (its ``config.json`` there names the backbone the base is
     rebuilt from), a local ``backbone_name`` of a full model is dropped, other absolute paths lose their folders."""
     out = dict(files)
@@ -57,8 +59,8 @@ def publishable(files: dict[str, Path], repo_id: str, revision: str | None, tmp:
             continue
         text = path.read_text(encoding="utf-8")
         new = text
-        if name == ADAPTER_CONFIG:
-            config = json.loads(text)
+        if name == ADAPTER_CONFIG and _read_json(files.get("config.json", tmp / "-")).get("model_type") == "hftl":
+            config = json.loads(text)  # hftl's adapter: the repo itself rebuilds its base (other bases stay named)
             config.update(base_model_name_or_path=repo_id, revision=revision)
             new = json.dumps(config, indent=2, sort_keys=True) + "\n"
         elif name == "config.json" and ADAPTER_CONFIG not in files:

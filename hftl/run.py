@@ -74,7 +74,8 @@ def finish_model_dir(directory: Path, home: Path | None = None) -> None:
         return
     add_remote_code(directory)
     adapter = directory / "adapter_config.json"
-    if adapter.is_file():
+    hftl_model = _read(directory / "config.json").get("model_type") == "hftl"
+    if adapter.is_file() and hftl_model:  # another model's adapter names its own base: left as peft wrote it
         config = json.loads(adapter.read_text())
         if home is not None:
             config["base_model_name_or_path"] = str(home)
@@ -85,6 +86,10 @@ def finish_model_dir(directory: Path, home: Path | None = None) -> None:
     template = directory / "README.md"
     if template.is_file() and adapter.is_file():
         template.unlink()
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _auto_class(directory: Path) -> str:
