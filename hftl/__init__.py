@@ -39,8 +39,9 @@ _EXPORTS = {
     "hftl.lpft": ["probe_head"],
     "hftl.train": [
         "make_accelerator", "make_loader", "per_device_batch", "train_batch", "eval_batch", "fit", "evaluate",
-        "predict", "enable_gradient_checkpointing", "save_checkpoint", "last_checkpoint",
-    ],
+        "enable_gradient_checkpointing", "save_checkpoint", "last_checkpoint",
+    ],  # hftl.train.predict (logits over a loader) stays there: hftl.predict is the user's, below
+    "hftl.inference": ["predict", "evaluate_file", "load_predictor", "Predictor"],
     "hftl.run": ["save_run"],
     "hftl.masking": ["pack_texts", "MaskedLMCollator", "PatchMaskGenerator", "MaskedImageCollator",
                      "MaskedSpeechCollator"],

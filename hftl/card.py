@@ -9,9 +9,19 @@ Example:
 from __future__ import annotations
 
 import importlib.metadata as md
+from pathlib import Path
 
 import yaml
 
+DATA_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet", ".tsv", ".txt")
+MODALITY_WORDS = {"text": "texts", "vision": "images", "speech": "audio clips"}
+AUTO_CLASSES = {"text": "AutoModelForSequenceClassification", "vision": "AutoModelForImageClassification",
+                "speech": "AutoModelForAudioClassification"}
+EXAMPLES = {  # one input per modality, for the command line and for Python
+    "text": {"cli": '"a first text" "a second text"', "py": '["a first text", "a second text"]'},
+    "vision": {"cli": "photos/", "py": '["photo.png"]'},
+    "speech": {"cli": "clips/", "py": '["clip.wav"]'},
+}
 PIPELINE_TAGS = {"text": "text-classification", "vision": "image-classification", "speech": "audio-classification"}
 _LIBRARIES = ("hftl", "torch", "transformers", "peft", "accelerate", "datasets")
 
@@ -26,6 +36,17 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _is_hub_id(name: str) -> bool:
+    """A Hub id (``org/name`` or ``name``), not a local file or folder."""
+    return bool(name) and not Path(name).exists() and not Path(name).is_absolute() and name.count("/") <= 1 \
+        and not name.endswith(DATA_SUFFIXES)
+
+
+def _shown(name: str) -> str:
+    """How a model or data name appears in the card: a Hub id as is, a local path by its last part only."""
+    return name if _is_hub_id(name) else f"{Path(name).name} (a local {'file' if Path(name).suffix else 'folder'})"
+
+
 def _metadata(cfg: dict, metrics: dict, facts: dict) -> dict:
     results = [
         {"type": name, "value": round(value, 4), "name": f"test {name}"}
@@ -33,8 +54,9 @@ def _metadata(cfg: dict, metrics: dict, facts: dict) -> dict:
         if name != "loss"
     ]
     tag = facts.get("pipeline_tag") or PIPELINE_TAGS.get(facts.get("modality", "text"), "text-classification")
-    meta = {
-        "base_model": cfg["model"]["name"],
+    data = cfg["data"]["name"]
+    meta = {"base_model": cfg["model"]["name"]} if _is_hub_id(cfg["model"]["name"]) else {}
+    meta |= {
         "library_name": "peft" if facts.get("peft_config") else "transformers",
         "pipeline_tag": tag,
         "tags": ["hftl", "transfer-learning", cfg["strategy"]["name"]],
@@ -44,15 +66,16 @@ def _metadata(cfg: dict, metrics: dict, facts: dict) -> dict:
                 "results": [
                     {
                         "task": {"type": tag},
-                        "dataset": {"name": cfg["data"]["name"], "type": cfg["data"]["name"], "split": "test"},
+                        "dataset": {"name": _shown(data), "type": data if _is_hub_id(data) else "local",
+                                    "split": "test"},
                         "metrics": results,
                     }
                 ],
             }
         ],
     }
-    if "/" in cfg["data"]["name"] and not cfg["data"]["name"].endswith((".csv", ".json", ".jsonl", ".parquet")):
-        meta["datasets"] = [cfg["data"]["name"]]
+    if _is_hub_id(data) and "/" in data:
+        meta["datasets"] = [data]
     return meta
 
 
@@ -62,59 +85,97 @@ def _table(rows: dict) -> str:
     return "\n".join(lines)
 
 
+def _words(value) -> str:
+    """A value in plain words: lists and sets joined, enums by name, no Python brackets or quotes."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_words(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return ", ".join(sorted(_words(v) for v in value)) or "none"
+    return str(getattr(value, "value", value))
+
+
+def _use(modality: str, adapter: bool) -> str:
+    """How to load and predict: hftl, plain transformers (pipeline and Auto class), peft for an adapter."""
+    auto = AUTO_CLASSES.get(modality, AUTO_CLASSES["text"])
+    tag = PIPELINE_TAGS.get(modality, "text-classification")
+    example = EXAMPLES.get(modality, EXAMPLES["text"])
+    peft = (f"""
+The adapter with peft's own loader (it rebuilds the base from the backbone named in `config.json`):
+```python
+from peft import AutoPeft{auto.removeprefix("Auto")}
+model = AutoPeft{auto.removeprefix("Auto")}.from_pretrained("PATH_OR_REPO_ID", trust_remote_code=True)
+```
+""" if adapter and auto == "AutoModelForSequenceClassification" else "")
+    return f"""From the command line (labels and scores, one line per input; `--format table` for a table):
+```bash
+hftl predict PATH_OR_REPO_ID {example["cli"]}
+```
+From Python, with hftl (the same input conversion as in training):
+```python
+import hftl
+print(hftl.predict("PATH_OR_REPO_ID", {example["py"]}))
+```
+Without hftl, with transformers alone: the model's code (`modeling_hftl.py`) comes with it, so pass
+`trust_remote_code=True`{" (the adapter is loaded onto its base for you)" if adapter else ""}:
+```python
+from transformers import pipeline
+classify = pipeline("{tag}", model="PATH_OR_REPO_ID", trust_remote_code=True)
+print(classify({example["py"]}))
+```
+or `transformers.{auto}.from_pretrained("PATH_OR_REPO_ID", trust_remote_code=True)`.
+{peft}"""
+
+
 def model_card(cfg: dict, metrics: dict, facts: dict) -> str:
-    """Markdown with YAML front matter, filled from the run's config, metrics and strategy facts."""
+    """Markdown with YAML front matter, filled from the run's config, metrics and strategy facts: what was transferred
+    from where, how, on what data, with what result, and how to load and predict, in plain words."""
     trainable, total = facts.get("trainable_params", 0), facts.get("total_params", 1)
+    modality = facts.get("modality", "text")
     strategy = {
         "task": cfg.get("task", {}).get("name", "classification"),
         "strategy": cfg["strategy"]["name"],
         "trainable parameters": f"{trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)",
-        "frozen": ", ".join(facts.get("frozen", [])) or "nothing",
-        "pooling": facts.get("pooling", ""),
+        "frozen": _words(facts.get("frozen", [])) if facts.get("frozen") else "nothing",
+        "pooling of the backbone's outputs": facts.get("pooling", ""),
         "new head": f"{facts.get('head', '')}",
     }
     if facts.get("peft_config"):
         pc = facts["peft_config"]
-        strategy["adapter"] = ", ".join(
-            f"{k}={pc[k]}"
-            for k in ("peft_type", "r", "lora_alpha", "target_modules", "modules_to_save")
-            if pc.get(k) is not None
-        )
+        names = {"peft_type": "method", "r": "rank", "lora_alpha": "alpha", "target_modules": "on the modules",
+                 "modules_to_save": "trained whole"}
+        strategy["adapter"] = "; ".join(f"{names[k]} {_words(pc[k])}" for k in names if pc.get(k) is not None)
     test = metrics.get("test", {})
     results = _table(
         {f"test {k}": f"{v:.4f}" for k, v in test.items()}
         | {f"validation {k}": f"{v:.4f}" for k, v in metrics.get("validation", {}).items()}
     )
+    splits = ", ".join(f"{v:,} {k}" for k, v in facts.get("splits", {}).items())
+    train = metrics.get("train", {})
     front = yaml.safe_dump(_metadata(cfg, metrics, facts), sort_keys=False)
     return f"""---
 {front}---
 
 # {facts.get("name", "hftl model")}
 
-`{cfg["model"]["name"]}` (revision `{cfg["model"]["revision"]}`) adapted to **{cfg["data"]["name"]}** with
-[hftl](https://pypi.org/project/hftl/) by the **{cfg["strategy"]["name"]}** transfer strategy.
+The pretrained model `{_shown(cfg["model"]["name"])}` (revision `{cfg["model"]["revision"]}`) was adapted to classify
+{MODALITY_WORDS.get(modality, "inputs")} of **{_shown(cfg["data"]["name"])}** into {len(facts.get("labels", []))}
+labels, with [hftl](https://pypi.org/project/hftl/) and the **{cfg["strategy"]["name"]}** transfer strategy.
 
 ## Transfer
 {_table(strategy)}
 
 ## Task and data
-Labels: {", ".join(facts.get("labels", []))}. Splits (examples): {facts.get("splits", {})}, stratified with seed
-{cfg["data"]["split_seed"]}.
+Labels: {", ".join(map(str, facts.get("labels", [])))}. Examples: {splits}; the splits are stratified by label (seed
+{cfg["data"]["split_seed"]}).
 
 ## Results
 {results}
 
-Training: {metrics.get("train", {}).get("epochs", 0):g} epochs, {metrics.get("train", {}).get("seconds", 0):.0f} s,
-best validation epoch {metrics.get("train", {}).get("best_epoch", 0):g}.
+Trained for {train.get("epochs", 0):g} epochs ({train.get("seconds", 0):.0f} s); the weights kept are those of epoch
+{train.get("best_epoch", 0):g}, the best on the validation split.
 
 ## Use
-```python
-import hftl
-model, processor = hftl.load("PATH_OR_REPO_ID")
-```
-With plain transformers (after `import hftl`, which registers the model class): `AutoModelForSequenceClassification
-.from_pretrained(...)`; an adapter loads with `peft.PeftModel.from_pretrained` on the base built by `hftl.load`.
-
+{_use(modality, bool(facts.get("peft_config")))}
 ## Intended use and limits
 A classifier for the labels above, on inputs like the training data. It inherits the biases of the base model
 and of the data; measure it on your own data before relying on it.

@@ -1,7 +1,10 @@
 """Checkpoints and resume: what the loop saves, where it starts again, and what it never deletes.
 
 A checkpoint (``output_dir/checkpoints/step-NNNNNNNN``) holds model, optimizer, scheduler and RNG of every process
-(accelerate's ``save_state``), the loop state (``hftl_state.json``) and the best trainable weights so far. It is
+(accelerate's ``save_state``), the loop state (``hftl_state.json``) and the best trainable weights so far. When part of
+the model is frozen (linear probe, head, peft adapters) its ``model.safetensors`` holds only what training changes
+(trainable parameters and buffers, marked by ``trainable_only.json``): the frozen rest is the pretrained model, loaded
+again at resume, so a checkpoint is not a second full copy of a model already saved. It is
 written to ``.tmp-step-*`` and renamed, so a crash mid-write leaves the previous ones whole; every file loads with
 ``weights_only=True``; deletion touches only hftl's own ``step-*`` / ``.tmp-step-*`` folders.
 
@@ -84,8 +87,32 @@ def _load_trainable(accelerator: Accelerator, model, state: dict) -> None:
         accelerator.unwrap_model(model).load_state_dict(state, strict=False)
 
 
-def save_checkpoint(accelerator: Accelerator, ckpt_dir: Path, state: LoopState, best: dict | None, keep: int) -> Path:
+TRAINABLE_ONLY = "trainable_only.json"  # in a checkpoint whose model file holds only what trains
+
+
+def _frozen_part(accelerator: Accelerator, model, names: set[str] | None) -> bool:
+    """Whether a checkpoint may hold only ``names``: some of the model is frozen, and the model is not sharded (FSDP
+    and DeepSpeed save their own shards)."""
+    if names is None or accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return False
+    return any(n not in names for n in accelerator.unwrap_model(model).state_dict())
+
+
+def _keep_only(names: set[str]):
+    """A save_state hook that drops the frozen tensors from the weights accelerate is about to write (in place)."""
+    def hook(models, weights, output_dir) -> None:
+        for state in weights:
+            for key in [k for k in state if k.removeprefix("module.") not in names]:  # DDP prefixes "module."
+                del state[key]
+    return hook
+
+
+def save_checkpoint(accelerator: Accelerator, ckpt_dir: Path, state: LoopState, best: dict | None, keep: int,
+                    names: set[str] | None = None, model=None) -> Path:
     """Model, optimizer, scheduler, RNG of every process (accelerate's save_state), loop state and best weights.
+
+    ``names`` (with ``model``): the state-dict names training changes (``_saved_names``); when the model has others
+    (frozen), only these are saved and ``trainable_only.json`` says so: resume loads them over the pretrained rest.
 
     Written to a temporary folder then renamed: a crash mid-write leaves the previous checkpoints whole, and the
     temporary folder is never taken for a checkpoint. Only the ``keep`` newest are kept.
@@ -98,13 +125,21 @@ def save_checkpoint(accelerator: Accelerator, ckpt_dir: Path, state: LoopState, 
     previous = last_checkpoint(ckpt_dir)
     fix = (f"free space on that disk, lower train.keep_checkpoints (now {keep}), or set output_dir to another disk; "
            f"the last complete checkpoint ({previous or 'none yet'}) is kept whole")
+    partial = model is not None and _frozen_part(accelerator, model, names)
+    handle = accelerator.register_save_state_pre_hook(_keep_only(names)) if partial else None
     with disk_space(tmp, fix, on_full=lambda: shutil.rmtree(tmp, ignore_errors=True)):  # gives the space back
-        accelerator.save_state(str(tmp))
+        try:
+            accelerator.save_state(str(tmp))
+        finally:
+            if handle is not None:
+                handle.remove()
         _kill_point(f"checkpoint-{state.step}")
         accelerator.wait_for_everyone()  # each process has written its RNG state before the folder moves
         if accelerator.is_main_process:
             if best is not None:
                 torch.save(best, tmp / "best_trainable.pt")
+            if partial:
+                (tmp / TRAINABLE_ONLY).write_text(json.dumps({"saved": sorted(names)}))
             (tmp / "hftl_state.json").write_text(json.dumps(asdict(state)))
     if accelerator.is_main_process:
         tmp.rename(final)
@@ -158,7 +193,9 @@ def _start(accelerator: Accelerator, ckpt_dir: Path | None, resume: bool) -> tup
         if resume:
             accelerator.print(f"train.resume: no complete checkpoint in {ckpt_dir}, starting from the beginning")
         return LoopState(), None
-    accelerator.load_state(str(last), load_kwargs={"weights_only": True})  # optimizer, scheduler: tensors only
+    # optimizer, scheduler: tensors only; a checkpoint of only what trains loads over the pretrained frozen rest
+    strict = {"strict": False} if (last / TRAINABLE_ONLY).is_file() else {}
+    accelerator.load_state(str(last), load_kwargs={"weights_only": True}, **strict)
     state = LoopState(**json.loads((last / "hftl_state.json").read_text()))
     best = _load_tensors(last / "best_trainable.pt") if (last / "best_trainable.pt").exists() else None
     accelerator.print(f"resumed from {last} (epoch {state.epoch}, batch {state.batch}, step {state.step})")

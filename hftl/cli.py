@@ -23,15 +23,19 @@ RECIPES = {"finetune": "Fine-tune with any transfer strategy (recipes/finetune.p
            "ladder": "Zero-shot, few-shot curve and full fine-tuning on one plot (recipes/ladder.py).",
            "pretrain": "Masked-modeling pretraining, then fine-tuning if asked (recipes/pretrain_masked.py)."}
 MODULES = {"pretrain": "pretrain_masked"}  # command -> recipe module, where they differ
-USAGE = ("usage: hftl {finetune,ladder,pretrain,select,config,push,report} ... [--debug] | hftl --version\n\n"
-         + "\n".join(f"  {name:<10} {text}" for name, text in {
-             **RECIPES,
-             "select": "Rank candidate backbones for the data before fine-tuning: hftl select --candidates A,B "
-                       "[--finetune STRATEGY] (hftl/selection.py).",
-             "config": "List every config key with its help.",
-             "push": "Push RUN_DIR to the Hub: hftl push RUN_DIR REPO_ID [--what auto|model|adapter|merged] "
-                     "[--private] [--revision BRANCH]",
-             "report": "Rebuild RUN_DIR/report.html from the run directory: hftl report RUN_DIR"}.items()))
+USAGE = ("usage: hftl {finetune,ladder,pretrain,select,predict,evaluate,configs,config,push,report} ... [--debug] | "
+         "hftl --version\n(hftl COMMAND --help: what it does, what it writes, an example)\n\n") + "\n".join(
+    f"  {name:<10} {text}" for name, text in {
+        **RECIPES,
+        "select": "Rank candidate backbones for the data before fine-tuning: hftl select --candidates A,B "
+                  "[--finetune STRATEGY] (hftl/selection.py).",
+        "predict": "Labels and scores of a trained model for new inputs: hftl predict RUN_DIR_OR_REPO_ID INPUTS...",
+        "evaluate": "The run's metrics on a labelled file: hftl evaluate RUN_DIR_OR_REPO_ID FILE",
+        "configs": "List the shipped configs and what each needs first.",
+        "config": "List every config key with its help.",
+        "push": "Push RUN_DIR to the Hub: hftl push RUN_DIR REPO_ID [--what auto|model|adapter|merged] "
+                "[--private] [--revision BRANCH]",
+        "report": "Rebuild RUN_DIR/report.html from the run directory: hftl report RUN_DIR"}.items())
 # What each recipe command does and writes, with one example: its --help, before the keys.
 ABOUT = {
     "finetune": "Fine-tune model.name on data.name with the transfer strategy strategy.name (linear_probe, head, "
@@ -66,11 +70,84 @@ DIVERGED = {"TrainingDiverged"}
 DEBUG_HINT = "(run again with --debug for the traceback)"
 
 
+def _parser(prog: str, about: str, writes: str, example: str):
+    """An argparse parser whose help says what the command does, what it writes, and one example."""
+    import argparse
+
+    return argparse.ArgumentParser(prog=prog, description=f"{about}\n\nWrites: {writes}",
+                                   epilog=f"example: {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _predict(argv: list[str], evaluate: bool = False) -> int:
+    import json
+
+    if evaluate:
+        parser = _parser("hftl evaluate", "Measure a trained model on a labelled file with the run's metrics "
+                         "(eval.metrics of its config.yaml), its inputs converted as in training.",
+                         "the metrics as one JSON object on stdout; nothing on disk.",
+                         "hftl evaluate runs/demo test.csv")
+    else:
+        parser = _parser("hftl predict", "Labels and scores of a trained model (a run directory, its model/ folder, "
+                         "or a Hub repo id) for new inputs, converted as in training.",
+                         "one JSON line per input on stdout ({input, label, score, scores}), or a table with "
+                         "--format table; nothing on disk.",
+                         'hftl predict runs/demo "a gripping film" "a dull mess"   |   hftl predict runs/demo '
+                         'new.csv --format table   |   cat texts.txt | hftl predict runs/demo -')
+    parser.add_argument("model", metavar="RUN_DIR_OR_REPO_ID")
+    if evaluate:
+        parser.add_argument("labelled", help="CSV/TSV/JSON/JSONL/parquet file with inputs and labels, or a folder "
+                                             "with one subfolder of images or audio per class")
+        parser.add_argument("--label-column", default=None, help="the label column (default: the run's "
+                                                                  "data.label_column, else 'label')")
+    else:
+        parser.add_argument("inputs", nargs="+", help="texts, a CSV/TSV/JSON/JSONL/parquet file, image or audio "
+                                                      "files, a folder of them, or - for stdin (one per line)")
+        parser.add_argument("--format", choices=["jsonl", "table"], default="jsonl")
+    parser.add_argument("--column", default=None, help="the input column of a file (default: the run's "
+                                                      "data.input_column / text_column, else text, image, audio...)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args(argv)
+    from hftl.inference import evaluate_file, format_jsonl, format_table, load_predictor, predict
+
+    predictor = load_predictor(args.model)
+    if evaluate:
+        print(json.dumps(evaluate_file(predictor, args.labelled, batch_size=args.batch_size, column=args.column,
+                                       label_column=args.label_column), allow_nan=False))
+        return 0
+    inputs = args.inputs[0] if len(args.inputs) == 1 and _is_source(args.inputs[0]) else args.inputs
+    rows = predict(predictor, inputs, batch_size=args.batch_size, column=args.column)
+    print(format_table(rows) if args.format == "table" else format_jsonl(rows))
+    return 0
+
+
+def _is_source(arg: str) -> bool:
+    """One argument that names many inputs: stdin, a folder, or a table file."""
+    from pathlib import Path
+
+    return arg == "-" or Path(arg).is_dir() or (Path(arg).is_file() and Path(arg).suffix.lower() in
+                                                  (".csv", ".tsv", ".json", ".jsonl", ".parquet"))
+
+
+def _configs(argv: list[str]) -> int:
+    parser = _parser("hftl configs", "List the configs shipped with hftl: what each runs, its command, and what "
+                     "it needs first (a script that makes its data, a package, a checkpoint).", "nothing.",
+                     "hftl configs")
+    parser.parse_args(argv)
+    from hftl.shipped import configs_text
+
+    print(configs_text())
+    return 0
+
+
 def _push(argv: list[str]) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="hftl push", description="Push a finished run directory to the Hub: the "
-                                     "model (or adapter + head), processor, card and metrics.")
+                                     "model (or adapter + head), processor, card and metrics.\n\nWrites: one commit "
+                                     "to REPO_ID (created if new); nothing local. Local paths are left out of what is "
+                                     "pushed; an adapter trained on a local base is refused (push --what merged).",
+                                     epilog="example: hftl push runs/lora alice/minilm-rt-lora --private",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir")
     parser.add_argument("repo_id")
     parser.add_argument("--what", default="auto", choices=["auto", "model", "adapter", "merged"])
@@ -89,7 +166,10 @@ def _push(argv: list[str]) -> int:
 def _report(argv: list[str]) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="hftl report", description="Rebuild RUN_DIR/report.html and its figures.")
+    parser = argparse.ArgumentParser(prog="hftl report", description="Rebuild RUN_DIR/report.html and its figures."
+                                     "\n\nWrites: RUN_DIR/report.html and RUN_DIR/report/ (figures).",
+                                     epilog="example: hftl report runs/demo",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir")
     args = parser.parse_args(argv)
     from pathlib import Path
@@ -196,6 +276,14 @@ def _run(command: str, rest: list[str], state: dict) -> int:
         cfg = parse_args(select_overrides(rest), prog="hftl select", about=ABOUT["select"])
         state["output_dir"] = cfg.output_dir
         importlib.import_module("hftl.selection").main(cfg)
+        return 0
+    if command in ("predict", "evaluate"):
+        return _predict(rest, evaluate=command == "evaluate")
+    if command == "configs":
+        return _configs(rest)
+    if command == "config" and rest and rest[0] in ("-h", "--help"):
+        print("usage: hftl config\n\nList every config key with its default, allowed values and help.\n\nWrites: "
+              "nothing.\n\nexample: hftl config | grep train.")
         return 0
     if command == "config":
         from hftl.config import describe

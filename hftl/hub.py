@@ -7,14 +7,13 @@ the model files to the repo root with the card, config, metrics and plots in one
 ``(model, processor)`` from a repo id or a local directory.
 
 Labels of an adapter: an adapter directory keeps no model config, so the new head's labels would be lost.
-hftl saves the base model's config (with ``num_labels``, ``id2label``, ``label2id`` and ``architectures`` naming
-the head's class) as ``config.json`` beside the adapter (:func:`save_model`, as ``hftl.run.save_run`` does);
-:func:`load` rebuilds the base model with that config before loading the adapter and its head. With plain
-transformers/peft: ``config = AutoConfig.from_pretrained(repo)``, then
-``AutoModelForSequenceClassification.from_pretrained(adapter_config.base_model_name_or_path, config=config)`` and
-``PeftModel.from_pretrained(base, repo)``. The price of that choice: ``AutoModel*.from_pretrained(local_adapter_dir)``
-takes the directory for a full model and fails for want of ``model.safetensors`` (a repo id still works: it
-loads the base named in ``adapter_config.json``). Without ``config.json`` the number of labels is read from the
+hftl saves the base model's config (with ``num_labels``, ``id2label``, ``label2id`` and the backbone it was built
+on) as ``config.json`` beside the adapter (:func:`save_model`, as ``hftl.run.save_run`` does), with hftl's model code
+(``modeling_hftl.py``, named in its ``auto_map``); :func:`load` rebuilds the base model with that config before
+loading the adapter and its head. Without hftl: ``AutoModelForSequenceClassification.from_pretrained(repo,
+trust_remote_code=True)``, ``pipeline(..., trust_remote_code=True)`` or peft's
+``AutoPeftModelForSequenceClassification`` (its ``base_model_name_or_path`` is the repo itself: the base is the
+backbone named in ``config.json`` with a new head). Without ``config.json`` the number of labels is read from the
 saved head's shape (labels are then ``LABEL_i``).
 
 The token is never written or logged: not in messages, the card, the config or the run directory.
@@ -49,7 +48,8 @@ WHATS = ("auto", "model", "adapter", "merged")
 KIND_NAMES = {"model": "full model", "adapter": "adapter + head", "merged": "merged model"}
 PLOT_SUFFIXES = (".png",)
 SKIP_DIRS = ("model", "merged")  # run_dir subfolders never searched for plots (checkpoint* too)
-ADAPTER_ONLY_FILES = (ADAPTER_CONFIG, "adapter_model.safetensors", "adapter_model.bin", "config.json", "README.md")
+ADAPTER_ONLY_FILES = (ADAPTER_CONFIG, "adapter_model.safetensors", "adapter_model.bin", "config.json", "README.md",
+                      "modeling_hftl.py")
 
 # How an adapter's base model is rebuilt when no config.json names the head's class: peft's task type first,
 # then the saved head module with the base config's modality (first mapping whose table holds the model type).
@@ -301,17 +301,21 @@ def push(
     """
     if accelerator is not None and not accelerator.is_main_process:
         return None
+    from hftl.publishing import publishable, refuse_local_base
     from hftl.rundir import require_complete
 
     run_dir = Path(run_dir)
     require_complete(run_dir)  # a run that did not finish is never pushed as if it had
     kind, model_dir, needs_merge = _select_model(run_dir, what)
+    if kind == "adapter":
+        refuse_local_base(model_dir, f"hftl push {run_dir} {repo_id}")
     token = _resolve_token(token)
     repo_id = check_push_access(repo_id, token=token)
     with ExitStack() as stack:
         if needs_merge:
             model_dir = merge_adapter(model_dir, stack.enter_context(tempfile.TemporaryDirectory()), token=token)
         files = collect_files(run_dir, model_dir)
+        files = publishable(files, repo_id, revision, Path(stack.enter_context(tempfile.TemporaryDirectory())))
         message = commit_message or _default_message(run_dir, kind)
         return _upload(files, repo_id, token, private, revision, message, create_pr)
 
@@ -333,10 +337,21 @@ def _upload(
         api.create_repo(repo_id, token=token, private=private, exist_ok=True)
         if revision and revision != "main" and not create_pr:
             api.create_branch(repo_id, branch=revision, token=token, exist_ok=True)
-        operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(f)) for p, f in files.items()]
-        info = api.create_commit(
-            repo_id, operations, commit_message=message, token=token, revision=revision, create_pr=create_pr
-        )
+        def commit():
+            operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(f)) for p, f in files.items()]
+            return api.create_commit(
+                repo_id, operations, commit_message=message, token=token, revision=revision, create_pr=create_pr
+            )
+
+        try:
+            info = commit()
+        except Exception as err:
+            from hftl.publishing import classic_protocol, no_xet
+
+            if not no_xet(err):
+                raise
+            with classic_protocol():  # nothing was committed: the same commit again, without Xet
+                info = commit()
     except Exception as err:
         if _is_access_refusal(err):
             raise HubAccessError(
@@ -406,6 +421,9 @@ def save_model(model: Any, directory: str | os.PathLike, processor: Any = None) 
         model.get_base_model().config.save_pretrained(directory)
     if processor is not None:
         processor.save_pretrained(directory)
+    from hftl.run import finish_model_dir
+
+    finish_model_dir(directory, directory.resolve())
     return directory
 
 
@@ -420,12 +438,12 @@ def merge_adapter(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         raise ValueError(f"{adapter_dir} holds no peft adapter ({ADAPTER_CONFIG}): there is nothing to merge")
     merged = _load_local(adapter_dir, token)[0].merge_and_unload()
     merged.save_pretrained(out_dir)
+    from hftl.modeling import add_remote_code
+
+    add_remote_code(out_dir)
     for path in adapter_dir.iterdir():  # processor files, copied byte for byte
         if path.is_file() and path.name not in ADAPTER_ONLY_FILES and not (out_dir / path.name).exists():
             shutil.copy2(path, out_dir / path.name)
-    from hftl.modeling import save_code
-
-    save_code(out_dir)  # an hftl model: loadable without hftl (trust_remote_code=True)
     return out_dir
 
 

@@ -37,6 +37,7 @@ POOLING_BY_MODEL_TYPE = {
     "siglip_vision_model": "pooler",
     "audio-spectrogram-transformer": "pooler",
 }
+_OUTPUT_FLAGS = ("return_dict", "output_attentions", "output_hidden_states")
 # Config attributes that give the width of the pooled features, tried in order.
 _WIDTH_ATTRS = ("hidden_size", "hidden_dim", "d_model", "hidden_sizes", "num_features")
 
@@ -191,6 +192,44 @@ class HftlForClassification(PreTrainedModel):
         model.head.apply(model._init_weights)
         return model
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Load a saved model; an adapter's folder or repo (no weights of the whole model) is rebuilt from its
+        backbone.
+
+        An hftl adapter folder holds ``config.json`` (this class's config, which names ``backbone_name``),
+        ``adapter_config.json`` and the adapter + head weights. Its base is the backbone named there with a new head,
+        and the adapter is loaded onto it (transformers' ``load_adapter``): so transformers' Auto classes,
+        ``pipeline`` and peft's ``AutoPeftModelFor*`` load hftl adapters like full models, without hftl (this file
+        travels with every saved model as ``modeling_hftl.py``; pass ``trust_remote_code=True``).
+        Raises OSError when the folder holds neither weights nor a backbone name.
+        """
+        path = pretrained_model_name_or_path
+        if any(_repo_file(path, name, kwargs) for name in FULL_WEIGHTS):
+            return super().from_pretrained(path, *args, **kwargs)
+        return cls._rebuilt(path, kwargs)
+
+    @classmethod
+    def _rebuilt(cls, path, kwargs: dict) -> HftlForClassification:
+        hub = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if kwargs.get(k)}
+        adapter = dict(kwargs.get("adapter_kwargs") or {}).get("_adapter_model_path")
+        if adapter is None and _repo_file(path, "adapter_config.json", kwargs):
+            adapter = path
+        config = kwargs.get("config")
+        if not isinstance(config, PretrainedConfig):
+            config = cls.config_class.from_pretrained(path, **hub)
+        if not config.backbone_name:
+            raise OSError(f"{path} holds no model weights ({FULL_WEIGHTS[0]}) and its config names no backbone_name "
+                          f"to rebuild the model from: give the folder of a saved model or adapter")
+        extra = {k: kwargs[k] for k in ("token", "cache_dir", "local_files_only", "dtype") if kwargs.get(k)}
+        backbone = AutoModel.from_pretrained(config.backbone_name, revision=config.backbone_revision or None, **extra)
+        model = cls(config, backbone=encoder_of(backbone))
+        model.head.apply(model._init_weights)
+        if adapter is not None:  # the adapter's own head (modules_to_save) replaces the new one
+            model.load_adapter(str(adapter), local_files_only=bool(hub.get("local_files_only")),
+                               adapter_kwargs={k: v for k, v in hub.items() if k != "local_files_only"})
+        return model.eval()
+
     def get_input_embeddings(self) -> nn.Module:
         return self.backbone.get_input_embeddings()
 
@@ -208,6 +247,9 @@ class HftlForClassification(PreTrainedModel):
         return pool(hidden, self._feature_mask(hidden, mask), getattr(out, "pooler_output", None), self.config.pooling)
 
     def forward(self, labels: torch.Tensor | None = None, features: torch.Tensor | None = None, **inputs):
+        # peft's PeftModelForSequenceClassification (AutoPeftModel*) passes every argument a text classifier takes,
+        # None included, and output flags: the backbone gets only the inputs given (and always returns a dict)
+        inputs = {k: v for k, v in inputs.items() if v is not None and k not in _OUTPUT_FLAGS}
         if features is None:
             features = self.features(**inputs)
         logits = self.head(features)
@@ -251,42 +293,44 @@ class HftlForTokenClassification(HftlForClassification):
         return TokenClassifierOutput(loss=loss, logits=logits)
 
 
-# config.json's auto_map of a saved hftl model: transformers' Auto classes load it from the copy of this module saved
-# beside the weights (save_code), with trust_remote_code=True and without hftl installed.
-AUTO_MAP = {
-    "AutoConfig": "modeling_hftl.HftlConfig",
-    "AutoModelForSequenceClassification": "modeling_hftl.HftlForClassification",
-    "AutoModelForImageClassification": "modeling_hftl.HftlForClassification",
-    "AutoModelForAudioClassification": "modeling_hftl.HftlForClassification",
-    "AutoModelForTokenClassification": "modeling_hftl.HftlForTokenClassification",
-}
-CODE_FILE = "modeling_hftl.py"
+FULL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+REMOTE_CODE = "modeling_hftl.py"  # this file, copied beside every saved model: loads without hftl installed
+AUTO_MAP = {"AutoConfig": "modeling_hftl.HftlConfig"} | {
+    f"AutoModelFor{kind}Classification": "modeling_hftl.HftlForClassification"
+    for kind in ("Sequence", "Image", "Audio")} | {
+    "AutoModelForTokenClassification": "modeling_hftl.HftlForTokenClassification"}
 
 
-def save_code(model_dir) -> None:
-    """Make a saved hftl model (``config.json`` with ``model_type: hftl``) loadable without hftl: this module's
-    source (torch and transformers only) written beside it as ``modeling_hftl.py``, and ``auto_map`` in its
-    ``config.json`` naming the classes in it. Then, in a process that never imports hftl,
-    ``AutoModelForSequenceClassification.from_pretrained(model_dir, trust_remote_code=True)`` (or
-    ``AutoModelForTokenClassification``) rebuilds the model; transformers refuses without ``trust_remote_code``,
-    naming it. The copy does not register itself with the Auto classes (hftl's own registration stays hftl's).
-    An adapter's directory holds its base's ``config.json`` (hftl's): it gets the code too. A directory whose
-    ``config.json`` is not hftl's (a transformers model) is left as it is."""
+def _repo_file(path, name: str, kwargs: dict) -> str | None:
+    """The local path of ``name`` in a folder or Hub repo (downloaded if needed), or None when it has none."""
+    from transformers.utils import cached_file
+
+    hub = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only", "subfolder") if kwargs.get(k)}
+    try:
+        return cached_file(str(path), name, _raise_exceptions_for_missing_entries=False,
+                           _raise_exceptions_for_connection_errors=False, **hub)
+    except OSError:
+        return None
+
+
+def add_remote_code(directory) -> None:
+    """Make a saved hftl model folder loadable without hftl: copy this file in as ``modeling_hftl.py`` and name its
+    classes in ``config.json``'s ``auto_map`` (transformers then loads it with ``trust_remote_code=True``).
+
+    A folder whose ``config.json`` is not an hftl model's is left as it is.
+    """
     import json
+    import shutil
     from pathlib import Path
 
-    model_dir = Path(model_dir)
-    config_path = model_dir / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    directory = Path(directory)
+    config_file = directory / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
     if config.get("model_type") != HftlConfig.model_type:
         return
-    source = Path(__file__).read_text(encoding="utf-8")
-    call = "\nregister_auto_classes()\n"
-    note = "\n# (hftl registers these classes itself; this copy is loaded by auto_map)\n"
-    source = source[: source.rindex(call)] + note
-    (model_dir / CODE_FILE).write_text(source, encoding="utf-8")
-    config["auto_map"] = dict(AUTO_MAP)
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    shutil.copyfile(__file__, directory / REMOTE_CODE)
+    config_file.write_text(json.dumps({**config, "auto_map": AUTO_MAP}, indent=2, sort_keys=True) + "\n")
 
 
 def register_auto_classes() -> None:

@@ -278,7 +278,7 @@ def load_classifier(
         head_hidden=head_hidden,
         head_dropout=head_dropout,
         id2label=id2label,
-        name=name,
+        name=str(Path(name).resolve()) if Path(name).exists() else name,  # a relative path resolves from anywhere
         revision=revision,
         **task_config,
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hftl.card import model_card
 from hftl.config import Config, save_config
-from hftl.modeling import HftlConfig, save_code
+from hftl.modeling import HftlConfig
 from hftl.storage import names_disk_full
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,8 @@ def save_run(run_dir: str | Path, cfg: Config, model, processor, metrics: dict, 
 
     with claim(cfg, path=run_dir) as run, run.final_save() as stage:
         _write_run(stage, cfg, model, processor, metrics, facts, state_dict)
+        finish_model_dir(stage / "model", Path(run_dir).resolve() / "model")
+        finish_model_dir(stage / "merged")
         if extra is not None:
             extra(stage)
     return Path(run_dir)
@@ -56,12 +58,10 @@ def _write_run(run_dir: Path, cfg: Config, model, processor, metrics: dict, fact
     if hasattr(model, "peft_config"):  # the base's config (labels, pooling, head) travels with the adapter
         model.get_base_model().config.save_pretrained(model_dir)
     processor.save_pretrained(model_dir)
-    save_code(model_dir)  # loadable without hftl: AutoModelFor...from_pretrained(dir, trust_remote_code=True)
     if hasattr(model, "peft_config") and cfg.strategy.merge:
         merged = model.merge_and_unload()
         merged.save_pretrained(run_dir / "merged", safe_serialization=True)
         processor.save_pretrained(run_dir / "merged")
-        save_code(run_dir / "merged")
     (run_dir / "README.md").write_text(model_card(cfg.to_dict(), metrics, facts))
     return run_dir
 
@@ -71,6 +71,47 @@ def _model_class(config: HftlConfig) -> type:
     from hftl.tasks import get_task
 
     return get_task(getattr(config, "task", None) or "classification").model_class()
+
+
+def finish_model_dir(directory: Path, home: Path | None = None) -> None:
+    """Make a saved model folder load anywhere: hftl's model code beside it (``modeling_hftl.py``, named in
+    ``config.json``), and an adapter's ``base_model_name_or_path`` set to ``home``, the folder's final absolute path
+    (peft's ``AutoPeftModelFor*`` rebuilds the base from there: the backbone named in ``config.json`` + new head).
+    Its README.md, peft's empty template, is removed: the run has one model card, the run's own."""
+    from hftl.modeling import add_remote_code
+
+    if not directory.is_dir():
+        return
+    add_remote_code(directory)
+    adapter = directory / "adapter_config.json"
+    hftl_model = _read(directory / "config.json").get("model_type") == "hftl"
+    if adapter.is_file() and hftl_model:  # another model's adapter names its own base: left as peft wrote it
+        config = json.loads(adapter.read_text())
+        if home is not None:
+            config["base_model_name_or_path"] = str(home)
+        # peft named hftl.modeling, which AutoPeftModel may not import (and needs hftl): transformers' Auto class of
+        # the modality instead, which finds modeling_hftl.py through config.json
+        config["auto_mapping"] = {"base_model_class": _auto_class(directory), "parent_library": "transformers"}
+        adapter.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    template = directory / "README.md"
+    if template.is_file() and adapter.is_file():
+        template.unlink()
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _auto_class(directory: Path) -> str:
+    """The transformers Auto class of a saved hftl model: by its task (config.json), else by its processor files
+    (tokenizer, image, audio)."""
+    if _read(directory / "config.json").get("task") == "token_classification":
+        return "AutoModelForTokenClassification"
+    if (directory / "tokenizer_config.json").is_file() or (directory / "tokenizer.json").is_file():
+        return "AutoModelForSequenceClassification"
+    processor = directory / "preprocessor_config.json"
+    text = processor.read_text() if processor.is_file() else ""
+    return "AutoModelForImageClassification" if "image_processor" in text else "AutoModelForAudioClassification"
 
 
 def load(path: str | Path, *, device: str | None = None, **kwargs):

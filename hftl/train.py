@@ -534,7 +534,7 @@ def fit(model, train_loader: DataLoader, val_loader: DataLoader, accelerator: Ac
 
     def checkpoint() -> None:  # reads state and best as they are when called
         _check_weights(model, state, cfg, accelerator, ckpt_dir)  # a checkpoint never holds non-finite weights
-        save_checkpoint(accelerator, ckpt_dir, state, best, cfg.keep_checkpoints)
+        save_checkpoint(accelerator, ckpt_dir, state, best, cfg.keep_checkpoints, names, model)  # frozen: not saved
 
     while state.epoch < epochs and state.step < total_steps:
         start = time.perf_counter()

@@ -55,7 +55,8 @@ def test_run_contract(tiny_cfg, strategy, tmp_path):
     # README.md: a model card with Hub metadata
     card = (run / "README.md").read_text()
     meta = yaml.safe_load(card.split("---")[1])
-    assert meta["base_model"] == cfg.model.name and meta["pipeline_tag"] == "text-classification"
+    # a local base model is no Hub id: the metadata names none (issue 15: nothing local in what is pushed)
+    assert "base_model" not in meta and meta["pipeline_tag"] == "text-classification"
     assert meta["model-index"][0]["results"][0]["metrics"][0]["value"] == round(saved["test"]["accuracy"], 4)
     # model/: loads in a fresh process with identical predictions
     import hftl

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
 
 import numpy as np
 import torch
@@ -30,25 +31,37 @@ FILE_DTYPES = ("string", "large_string", "binary", "large_binary")
 CROP_SCALE, CROP_RATIO = (0.5, 1.0), (3 / 4, 4 / 3)  # gentler than ImageNet's (0.08, 1): small images lose less
 
 
+def _eight_bit(array: np.ndarray) -> np.ndarray:
+    """Pixel values as uint8 on a fixed scale (never stretched per image, so equal pixels stay equal across images):
+    16-bit (0-65535) / 257, floats in [0, 1] x 255, other floats and ints clipped to 0-255."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.uint16 or (array.dtype.kind in "iu" and array.max(initial=0) > 255):
+        return np.round(np.clip(array, 0, 65535) / 257).astype(np.uint8)
+    if array.dtype.kind == "f" and array.max(initial=0) <= 1:
+        array = array * 255
+    return np.round(np.clip(array, 0, 255)).astype(np.uint8)
+
+
 def to_pil(value) -> Image.Image:
-    """Any stored image form as an RGB PIL image (grayscale, palette, alpha and 16-bit handled)."""
+    """Any stored image form as an RGB PIL image: THE conversion of training and of ``hftl predict`` alike.
+
+    Grayscale (``L``, ``1``) is repeated over three channels, palette (``P``) takes its colours, alpha is dropped
+    (``RGBA``, ``LA``: the colours under it are kept), 16-bit (``I;16``, ``I``, uint16 arrays) is divided by 257 and
+    floats in [0, 1] are multiplied by 255: a 16-bit image of 8-bit content ``x * 257`` gives back ``x``.
+    """
     if isinstance(value, dict):
         value = value.get("bytes") or value.get("path")
     if isinstance(value, (bytes, bytearray)):
         image = Image.open(io.BytesIO(value))
-    elif isinstance(value, str):
+    elif isinstance(value, (str, os.PathLike)):
         image = Image.open(value)
     elif isinstance(value, Image.Image):
         image = value
     else:
-        array = np.asarray(value)
-        if array.dtype != np.uint8:
-            array = np.clip(array * (255 if array.max() <= 1 else 1), 0, 255).astype(np.uint8)
-        image = Image.fromarray(array)
-    if image.mode in ("I", "I;16", "F"):  # 16-bit / float grayscale: scale to 8 bits before RGB
-        array = np.asarray(image, dtype=np.float64)
-        span = max(array.max() - array.min(), 1e-9)
-        image = Image.fromarray(((array - array.min()) / span * 255).astype(np.uint8))
+        image = Image.fromarray(_eight_bit(np.asarray(value)))
+    if image.mode.startswith(("I", "F")):  # 16/32-bit integer or float grayscale: to 8 bits, then RGB
+        image = Image.fromarray(_eight_bit(np.asarray(image)))
     return image.convert("RGB")
 
 
