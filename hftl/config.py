@@ -326,6 +326,11 @@ class ShotsConfig:
     lora: dict = _f({"r": 8, "lora_alpha": 16, "lora_dropout": 0.1}, "lora: arguments of peft's LoraConfig.")
     batch_size: int = _f(64, "setfit and lora: support examples per step (all of them when fewer).", range=">= 1")
     full: bool = _f(True, "Ladder: also fine-tune on all the training data with strategy.name.")
+    prior_folds: int = _f(
+        16,
+        "zs_probe, zs_prototype, zs_setfit: folds of the cross-validation on the support set that weighs the "
+        "zero-shot prior (leave-one-out up to this many examples).",
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, "shots.")
