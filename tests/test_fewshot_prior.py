@@ -317,3 +317,32 @@ def test_ladder_runs_the_prior_methods(tiny_cfg, tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(metrics["few_shot"]) == {"zs_probe", "zs_prototype", "zs_setfit"}
     assert set(metrics["few_shot_transductive"]["zs_setfit"]) == {"1", "4"}
+
+
+def test_ladder_nli_prior_scores_only_the_support_rows(tiny_cfg, tiny_model, tmp_path, monkeypatch):
+    """An NLI checkpoint: the ladder's zero-shot rung is entailment, and the prior scores the train rows that the
+    support sets draw (nested in k: the largest k's sets), not the whole pool."""
+    from transformers import AutoModelForSequenceClassification
+
+    import hftl.shots.zero_shot as zs
+    from hftl.cli import main as cli
+
+    labels = {0: "entailment", 1: "neutral", 2: "contradiction"}
+    nli_dir = tmp_path / "nli"
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_pretrained(
+        tiny_model, num_labels=3, id2label=labels, label2id={v: k for k, v in labels.items()}
+    ).save_pretrained(nli_dir)
+    hftl.load_processor(tiny_model).save_pretrained(nli_dir)
+    calls = []
+    real = zs.zero_shot_nli
+    monkeypatch.setattr("hftl.recipes.ladder.zero_shot_nli", lambda m, t, texts, *a, **k: calls.append(len(texts)) or
+                        real(m, t, texts, *a, **k))
+    overrides = [*tiny_cfg, f"model.name={nli_dir}", "shots.full=false", "shots.ks=[1,2]", "shots.seeds=[0,1]",
+                 "shots.methods=[zs_probe,zs_prototype]", "shots.templates=['the film is {}']"]
+    assert cli(["ladder", *overrides]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert set(metrics["few_shot"]) == {"zs_probe", "zs_prototype"}
+    assert len(calls) == 2 and calls[1] <= 2 * 2 * 2  # the query split, then at most 2 seeds x 2 classes x k=2 rows
+    for method in ("zs_probe", "zs_prototype"):  # k=1: the zero-shot rung itself
+        assert metrics["few_shot"][method]["1"]["mean"] == pytest.approx(metrics["zero_shot"]["accuracy"])
