@@ -24,8 +24,7 @@ is within one standard error of the best one's (paired, McNemar's statistic; the
 et al. 1984 and Hastie, Tibshirani and Friedman, *The Elements of Statistical Learning*, sec. 7.10). So with no
 support, or when the support cannot tell the settings apart, the method *is* the zero-shot classifier; when the
 support disagrees with it clearly (a zero-shot classifier worse than chance on the support rows is not protected at
-all), the support wins. The candidates always include the zero-shot classifier itself and the
-support alone.
+all), the support wins. The candidates run from the zero-shot classifier itself to (almost) the support alone.
 
 Example:
     >>> prior = prior_from_weights(class_weights, train_features, query_features)  # doctest: +SKIP
