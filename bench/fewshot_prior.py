@@ -33,14 +33,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from hftl.recipes.ladder import zero_shot, zero_shot_prior  # noqa: E402
+from setfit_vs_hftl import hftl_context, setfit_run  # noqa: E402
 
 import hftl  # noqa: E402
 from hftl.config import load_config  # noqa: E402
-from hftl.recipes.ladder import zero_shot, zero_shot_prior  # noqa: E402
 from hftl.shots import METHODS, logistic_probs, soft_kmeans, summarize, support_indices  # noqa: E402
 from hftl.shots.fewshot import accuracy  # noqa: E402
 from hftl.shots.stats import paired_difference  # noqa: E402
-from setfit_vs_hftl import hftl_context, setfit_run  # noqa: E402
 
 PLOTTED = ("probe", "setfit", "setfit_package", "zs_prototype", "zs_probe", "zs_setfit")
 SHOTS_KEYS = ("setfit_steps", "setfit_lr", "setfit_layers", "batch_size", "probe_c", "prior_folds", "templates")

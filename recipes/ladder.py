@@ -191,7 +191,7 @@ def _main(cfg: Config, accelerator, run: RunDir, start: float) -> dict:
             collate=collate,
             batch_size=cfg.train.eval_batch_size,
         )
-        if set(cfg.shots.methods) & set(PRIOR_METHODS):  # check_prior_methods: zero-shot ran
+        if set(cfg.shots.methods) & set(PRIOR_METHODS):  # zs_* methods: zero-shot ran (the config checks it)
             ctx.prior = zero_shot_prior(cfg, mode, model, processor, labels, splits["train"]["text"], feats, scores)
         few = few_shot_curve(ctx, cfg.shots, report=accelerator.print)
         metrics["few_shot"] = few["inductive"]

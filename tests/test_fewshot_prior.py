@@ -251,8 +251,15 @@ def _bright_and_dark(n: int, seed: int):
 @pytest.mark.parametrize("family", ["clip", "siglip", "clap"])
 def test_tiny_dual_models_vision_and_audio(family, tiny_model):
     from test_shots import _tiny_tower_configs
-    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, CLIPConfig, CLIPModel, SiglipConfig
-    from transformers import SiglipModel
+    from transformers import (
+        ClapConfig,
+        ClapFeatureExtractor,
+        ClapModel,
+        CLIPConfig,
+        CLIPModel,
+        SiglipConfig,
+        SiglipModel,
+    )
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     torch.manual_seed(0)

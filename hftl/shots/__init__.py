@@ -17,8 +17,7 @@ Example:
 from __future__ import annotations
 
 from hftl.config import ConfigError, ShotsConfig, check_fields, check_shots
-from hftl.shots import tuned  # noqa: F401 - registers setfit and lora
-from hftl.shots import prior, prior_tuned  # noqa: F401 - registers zs_probe, zs_prototype, zs_setfit
+from hftl.shots import prior, prior_tuned, tuned  # noqa: F401 - register zs_probe/zs_prototype/zs_setfit, setfit/lora
 from hftl.shots.fewshot import (
     METHODS,
     Prediction,
@@ -112,4 +111,3 @@ def check_shots_config(cfg: ShotsConfig) -> None:
     check_methods(list(cfg.methods))
     check_fields(cfg, "shots.")
     check_shots(cfg)
-    prior.check_prior_methods(cfg)  # zs_* methods need a zero-shot classifier

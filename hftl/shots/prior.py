@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hftl.config import ConfigError, ShotsConfig
+from hftl.config import ShotsConfig
 from hftl.shots.fewshot import Prediction, ShotContext, class_means, register_method
 from hftl.shots.zero_shot import (
     DEFAULT_TEMPLATES,
@@ -140,18 +140,6 @@ def dual_prior(
     train = dual_features(model, train_inputs, modality=modality)
     query = dual_features(model, query_inputs, modality=modality)
     return train, query, prior_from_weights(weights, train, query)
-
-
-def check_prior_methods(cfg: ShotsConfig) -> None:
-    """ConfigError when a zero-shot-prior method is asked for without a zero-shot classifier."""
-    wanted = [m for m in cfg.methods if m in PRIOR_METHODS]
-    if wanted and cfg.zero_shot == "none":
-        raise ConfigError(
-            f"shots.methods {wanted} start from the zero-shot classifier, but shots.zero_shot=none: set "
-            "shots.zero_shot=auto (or embedding/nli), or drop those methods"
-        )
-    if cfg.prior_folds < 2:
-        raise ConfigError(f"shots.prior_folds={cfg.prior_folds} must be at least 2")
 
 
 def _prior(ctx: ShotContext, method: str) -> ZeroShotPrior:

@@ -13,7 +13,8 @@ the zero-shot classifier.
 The prior's weight ``a`` (prompts against support means, as in ``zs_prototype``) is chosen before any tuning, by
 leave-one-out on the frozen features of the support set (``hftl.shots.prior``), where no held-out row has been
 trained on; where it says the prompts carry nothing (``a = 1``), the prompts stay out of the pair loss too and the
-method is SetFit with a prototype head. A prompt whose text two classes share stays out of the pair loss. Text encoders only (the prompts and the inputs share the encoder).
+method is SetFit with a prototype head. A prompt whose text two classes share stays out of the pair loss. Text
+encoders only (the prompts and the inputs share the encoder).
 
 Example:
     >>> few_shot_curve(ctx, ShotsConfig(ks=[8, 16], methods=["zs_setfit"]))  # doctest: +SKIP
