@@ -48,7 +48,7 @@ SEEDS = "[0, 4294967295]"  # numpy refuses seeds outside [0, 2**32)
 _NUMBER = r"-?\d+(?:\.\d*)?(?:e[-+]?\d+)?"
 _RANGE = re.compile(rf"(?:(>=|>)\s*({_NUMBER})|([\[(])\s*({_NUMBER})\s*,\s*({_NUMBER})\s*([\])]))\s*(.*)")
 BUILTIN_STRATEGIES = ("linear_probe", "head", "full", "freeze_n", "lp_ft")  # registered by hftl.strategies
-SHOT_METHODS = ("prototype", "probe", "setfit", "lora")  # registered by hftl.shots
+SHOT_METHODS = ("prototype", "probe", "setfit", "lora", "zs_probe", "zs_prototype", "zs_setfit")  # hftl.shots
 # registered by hftl.tasks
 BUILTIN_TASKS = ("classification", "multi_label", "regression", "token_classification", "ctc", "seq2seq_asr",
                  "detection")
@@ -153,6 +153,12 @@ def check_shots(cfg: Any) -> None:
     bad = [t for t in cfg.templates if not isinstance(t, str) or "{}" not in t]
     if bad:
         raise ConfigError(f"shots.templates must each hold {{}} for the label description; these do not: {bad}")
+    wanted = [m for m in cfg.methods if m in SHOT_METHODS[4:]]  # the zs_* methods start from the zero-shot classifier
+    if wanted and cfg.zero_shot == "none":
+        raise ConfigError(
+            f"shots.methods {wanted} start from the zero-shot classifier, but shots.zero_shot=none: set "
+            "shots.zero_shot=auto (or embedding/nli), or drop those methods"
+        )
 
 
 @dataclass
@@ -393,6 +399,12 @@ class ShotsConfig:
     lora: dict = _f({"r": 8, "lora_alpha": 16, "lora_dropout": 0.1}, "lora: arguments of peft's LoraConfig.")
     batch_size: int = _f(64, "setfit and lora: support examples per step (all of them when fewer).", range=">= 1")
     full: bool = _f(True, "Ladder: also fine-tune on all the training data with strategy.name.")
+    prior_folds: int = _f(
+        16,
+        "zs_probe, zs_prototype, zs_setfit: folds of the cross-validation on the support set that weighs the "
+        "zero-shot prior (leave-one-out up to this many examples).",
+        range=">= 2",
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, "shots.")

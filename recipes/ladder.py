@@ -38,6 +38,7 @@ from hftl.shots import (
     zero_shot_embedding,
     zero_shot_nli,
 )
+from hftl.shots.prior import PRIOR_METHODS
 
 
 def zero_shot(
@@ -64,6 +65,32 @@ def zero_shot(
         )
     encode = text_encoder(model, tokenizer, max_length=cfg.model.max_length)
     return mode, zero_shot_embedding(encode, query_features, labels, descriptions=descriptions, templates=templates)
+
+
+def zero_shot_prior(cfg: Config, mode: str, model, tokenizer, labels: list[str], train_texts: list[str], feats: dict,
+                    query_scores: torch.Tensor):
+    """The zero-shot classifier as the prior of the zs_* few-shot methods (``hftl.shots.prior``): the same prompts and
+    scores as the zero-shot rung. NLI scores only the train rows that the support sets draw."""
+    from hftl.shots.prior import nli_prior, text_prior
+
+    prompts = {"descriptions": cfg.shots.label_descriptions, "templates": cfg.shots.templates or None}
+    train, query = feats["train"]["features"], feats[cfg.shots.split]["features"]
+    if mode != "nli":
+        encode = text_encoder(model, tokenizer, max_length=cfg.model.max_length)
+        return text_prior(encode, tokenizer, labels, train, query, max_length=cfg.model.max_length, **prompts)
+    from transformers import AutoModelForSequenceClassification
+
+    from hftl.shots import support_indices
+
+    kwargs = hftl.resolve(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+    nli = AutoModelForSequenceClassification.from_pretrained(cfg.model.name, **kwargs).to(model.device)
+    y = feats["train"]["labels"].numpy()
+    rows = [i for s in cfg.shots.seeds for i in support_indices(y, max(cfg.shots.ks), s)]  # nested in k
+
+    def score(texts: list[str]) -> torch.Tensor:
+        return zero_shot_nli(nli, tokenizer, texts, labels, max_length=cfg.model.max_length, **prompts)
+
+    return nli_prior(score, train_texts, rows, query_scores)
 
 
 def frozen_features(cfg: Config, model, encoded, collate, accelerator, splits: tuple[str, ...]) -> tuple[dict, dict]:
@@ -164,6 +191,8 @@ def _main(cfg: Config, accelerator, run: RunDir, start: float) -> dict:
             collate=collate,
             batch_size=cfg.train.eval_batch_size,
         )
+        if set(cfg.shots.methods) & set(PRIOR_METHODS):  # zs_* methods: zero-shot ran (the config checks it)
+            ctx.prior = zero_shot_prior(cfg, mode, model, processor, labels, splits["train"]["text"], feats, scores)
         few = few_shot_curve(ctx, cfg.shots, report=accelerator.print)
         metrics["few_shot"] = few["inductive"]
         if "transductive" in few:

@@ -23,6 +23,7 @@ from datasets import Array2D, ClassLabel, Dataset, DatasetDict, Features, load_d
 
 from hftl import assets
 from hftl.config import DataConfig
+from hftl.data.fortunes import load_fortunes
 
 log = logging.getLogger(__name__)
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet",
@@ -120,6 +121,7 @@ def _mnist_digits() -> tuple[DatasetDict, str, str]:
 
 
 EMBEDDED = {"rotten_tomatoes": _rotten_tomatoes, "fashion_mnist": _fashion_mnist, "mnist_digits": _mnist_digits}
+EMBEDDED["fortunes"] = load_fortunes  # Debian fortunes: quotes by topic (hftl.data.fortunes)
 # Embedded sets whose classes change when mirrored: their train-time augmentation does not flip.
 NO_FLIP = {"mnist_digits"}
 

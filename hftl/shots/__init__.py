@@ -5,17 +5,19 @@
 * few-shot (``fewshot``, ``tuned``): k labelled examples per class, resampled support sets, mean, std and a t-based
   95% interval per k, for every method of ``METHODS`` (prototype, probe, setfit, lora); optional transductive
   refinement over the unlabelled evaluation inputs, reported apart.
+* few-shot from the zero-shot classifier (``prior``, ``prior_tuned``): zs_probe, zs_prototype, zs_setfit start at
+  the zero-shot classifier and move from it as far as the support set shows it should (chosen on the support set).
 
 Example:
     >>> from hftl.shots import METHODS, summarize
     >>> sorted(METHODS)
-    ['lora', 'probe', 'prototype', 'setfit']
+    ['lora', 'probe', 'prototype', 'setfit', 'zs_probe', 'zs_prototype', 'zs_setfit']
 """
 
 from __future__ import annotations
 
 from hftl.config import ConfigError, ShotsConfig, check_fields, check_shots
-from hftl.shots import tuned  # noqa: F401 - registers setfit and lora
+from hftl.shots import prior, prior_tuned, tuned  # noqa: F401 - register zs_probe/zs_prototype/zs_setfit, setfit/lora
 from hftl.shots.fewshot import (
     METHODS,
     Prediction,

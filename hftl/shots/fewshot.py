@@ -65,6 +65,7 @@ class ShotContext:
     collate: Callable | None = None
     batch_size: int = 128
     cache: dict = field(default_factory=dict, repr=False)  # per-context work shared by runs
+    prior: object = None  # hftl.shots.prior.ZeroShotPrior: the zero-shot classifier, for zs_probe and zs_prototype
 
 
 @dataclass

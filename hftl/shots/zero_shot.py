@@ -182,6 +182,50 @@ def zero_shot_nli(
 
 
 @torch.no_grad()
+def dual_text_weights(
+    model,
+    tokenizer,
+    labels: Sequence[str],
+    *,
+    modality: str,
+    descriptions: dict | None = None,
+    templates: Sequence[str] | None = None,
+) -> torch.Tensor:
+    """(classes, width) unit class embeddings of a CLIP/SigLIP (``modality="image"``) or CLAP (``"audio"``) model's
+    text tower: the prompt ensemble of each class, in the space of ``dual_features``."""
+    if modality not in TOWERS:
+        raise ValueError(f"modality={modality!r} is unknown; choose one of {sorted(TOWERS)}")
+    device = next(model.parameters()).device
+    model.eval()
+    padding = TEXT_PADDING.get(model.config.model_type, True)
+
+    def encode_text(texts: list[str]) -> torch.Tensor:
+        batch = tokenizer(texts, padding=padding, truncation=True, return_tensors="pt").to(device)
+        batch = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+        return _pooled(model.get_text_features(**batch)).cpu()
+
+    return class_embeddings(encode_text, class_prompts(labels, descriptions, templates or DEFAULT_TEMPLATES[modality]))
+
+
+@torch.no_grad()
+def dual_features(model, inputs: dict, *, modality: str, batch_size: int = 32) -> torch.Tensor:
+    """(N, width) embeddings of the other tower (``get_image_features`` / ``get_audio_features``), not normalized.
+
+    ``inputs`` holds the processed images or audio as the model's processor returns them.
+    """
+    if modality not in TOWERS:
+        raise ValueError(f"modality={modality!r} is unknown; choose one of {sorted(TOWERS)}")
+    device = next(model.parameters()).device
+    model.eval()
+    tower = getattr(model, TOWERS[modality])
+    n = len(next(iter(inputs.values())))
+    feats = [
+        _pooled(tower(**{k: v[i : i + batch_size].to(device) for k, v in inputs.items()})).float().cpu()
+        for i in range(0, n, batch_size)
+    ]
+    return torch.cat(feats)
+
+
 def zero_shot_dual(
     model,
     tokenizer,
@@ -203,23 +247,8 @@ def zero_shot_dual(
         >>> labels = ["cat", "dog"]
         >>> scores = zero_shot_dual(model, processor.tokenizer, pixels, labels, modality="image")  # doctest: +SKIP
     """
-    if modality not in TOWERS:
-        raise ValueError(f"modality={modality!r} is unknown; choose one of {sorted(TOWERS)}")
-    device = next(model.parameters()).device
-    model.eval()
-    padding = TEXT_PADDING.get(model.config.model_type, True)
-
-    def encode_text(texts: list[str]) -> torch.Tensor:
-        batch = tokenizer(texts, padding=padding, truncation=True, return_tensors="pt").to(device)
-        batch = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-        return _pooled(model.get_text_features(**batch)).cpu()
-
-    prompts = class_prompts(labels, descriptions, templates or DEFAULT_TEMPLATES[modality])
-    classes = class_embeddings(encode_text, prompts)
-    tower = getattr(model, TOWERS[modality])
-    n = len(next(iter(inputs.values())))
-    feats = [
-        _pooled(tower(**{k: v[i : i + batch_size].to(device) for k, v in inputs.items()})).float().cpu()
-        for i in range(0, n, batch_size)
-    ]
-    return F.normalize(torch.cat(feats), dim=-1) @ classes.T
+    classes = dual_text_weights(
+        model, tokenizer, labels, modality=modality, descriptions=descriptions, templates=templates
+    )
+    feats = dual_features(model, inputs, modality=modality, batch_size=batch_size)
+    return F.normalize(feats, dim=-1) @ classes.T
