@@ -23,6 +23,22 @@ EXAMPLES = {  # one input per modality, for the command line and for Python
     "speech": {"cli": "clips/", "py": '["clip.wav"]'},
 }
 PIPELINE_TAGS = {"text": "text-classification", "vision": "image-classification", "speech": "audio-classification"}
+# what the model was adapted to do, per task (hftl.tasks): "was adapted to ..." in the card's first sentence
+TASK_WORDS = {
+    "classification": "classify {inputs} of {data} into {n} labels",
+    "multi_label": "tag {inputs} of {data} with any number of {n} labels",
+    "regression": "predict {n} number(s) per input ({labels}) from {inputs} of {data}",
+    "token_classification": "tag each word of {inputs} of {data} with one of {n} tags",
+    "ctc": "transcribe audio clips of {data} into characters (a new CTC head)",
+    "seq2seq_asr": "transcribe audio clips of {data}",
+    "detection": "find objects of {n} classes, with their boxes, in images of {data}",
+}
+CLASS_TASKS = ("classification", "multi_label")  # their splits are stratified by label
+# transformers' Auto class per task where it is not the modality's sequence/image/audio classification; the tasks
+# below the line save a transformers model of their own (no hftl code needed)
+AUTO_BY_TASK = {"token_classification": "AutoModelForTokenClassification", "ctc": "AutoModelForCTC",
+                "seq2seq_asr": "AutoModelForSpeechSeq2Seq", "detection": "AutoModelForObjectDetection"}
+PLAIN_TASKS = ("ctc", "seq2seq_asr", "detection")
 _LIBRARIES = ("hftl", "torch", "transformers", "peft", "accelerate", "datasets")
 
 
@@ -94,11 +110,27 @@ def _words(value) -> str:
     return str(getattr(value, "value", value))
 
 
-def _use(modality: str, adapter: bool) -> str:
+def _use(modality: str, adapter: bool, task: str = "classification", tag: str | None = None) -> str:
     """How to load and predict: hftl, plain transformers (pipeline and Auto class), peft for an adapter."""
-    auto = AUTO_CLASSES.get(modality, AUTO_CLASSES["text"])
-    tag = PIPELINE_TAGS.get(modality, "text-classification")
+    auto = AUTO_BY_TASK.get(task) or AUTO_CLASSES.get(modality, AUTO_CLASSES["text"])
+    tag = tag or PIPELINE_TAGS.get(modality, "text-classification")
     example = EXAMPLES.get(modality, EXAMPLES["text"])
+    if task in PLAIN_TASKS:  # a transformers model of its own kind: its own code, no trust_remote_code
+        peft_note = (" An adapter loads onto its base with peft's `PeftModel.from_pretrained(base, PATH_OR_REPO_ID)`."
+                     if adapter else "")
+        return f"""From the command line (one line per input; `--format table` for a table):
+```bash
+hftl predict PATH_OR_REPO_ID {example["cli"]}
+```
+From Python, with hftl (the same input conversion as in training): `hftl.predict("PATH_OR_REPO_ID", {example["py"]})`.
+Without hftl, with transformers alone:
+```python
+from transformers import pipeline
+run = pipeline("{tag}", model="PATH_OR_REPO_ID")
+print(run({example["py"]}))
+```
+or `transformers.{auto}.from_pretrained("PATH_OR_REPO_ID")`.{peft_note}
+"""
     peft = (f"""
 The adapter with peft's own loader (it rebuilds the base from the backbone named in `config.json`):
 ```python
@@ -119,8 +151,8 @@ Without hftl, with transformers alone: the model's code (`modeling_hftl.py`) com
 `trust_remote_code=True`{" (the adapter is loaded onto its base for you)" if adapter else ""}:
 ```python
 from transformers import pipeline
-classify = pipeline("{tag}", model="PATH_OR_REPO_ID", trust_remote_code=True)
-print(classify({example["py"]}))
+run = pipeline("{tag}", model="PATH_OR_REPO_ID", trust_remote_code=True)
+print(run({example["py"]}))
 ```
 or `transformers.{auto}.from_pretrained("PATH_OR_REPO_ID", trust_remote_code=True)`.
 {peft}"""
@@ -131,8 +163,20 @@ def model_card(cfg: dict, metrics: dict, facts: dict) -> str:
     from where, how, on what data, with what result, and how to load and predict, in plain words."""
     trainable, total = facts.get("trainable_params", 0), facts.get("total_params", 1)
     modality = facts.get("modality", "text")
+    task = cfg.get("task", {}).get("name") or facts.get("task") or "classification"
+    labels = list(map(str, facts.get("labels", [])))
+    purpose = TASK_WORDS.get(task, TASK_WORDS["classification"]).format(
+        inputs=MODALITY_WORDS.get(modality, "inputs"), data=f"**{_shown(cfg['data']['name'])}**", n=len(labels),
+        labels=", ".join(labels))
+    if task in ("ctc", "seq2seq_asr"):
+        vocabulary = f"Output: text ({len(labels)} characters in the new head's vocabulary)." if task == "ctc" else \
+            "Output: text, in the base model's own tokens."
+    else:
+        vocabulary = f"{'Targets' if task == 'regression' else 'Labels'}: {', '.join(labels)}."
+    stratified = (f"; the splits are stratified by label (seed {cfg['data']['split_seed']})" if task in CLASS_TASKS
+                  else f" (split seed {cfg['data']['split_seed']})")
     strategy = {
-        "task": cfg.get("task", {}).get("name", "classification"),
+        "task": task,
         "strategy": cfg["strategy"]["name"],
         "trainable parameters": f"{trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)",
         "frozen": _words(facts.get("frozen", [])) if facts.get("frozen") else "nothing",
@@ -157,16 +201,14 @@ def model_card(cfg: dict, metrics: dict, facts: dict) -> str:
 
 # {facts.get("name", "hftl model")}
 
-The pretrained model `{_shown(cfg["model"]["name"])}` (revision `{cfg["model"]["revision"]}`) was adapted to classify
-{MODALITY_WORDS.get(modality, "inputs")} of **{_shown(cfg["data"]["name"])}** into {len(facts.get("labels", []))}
-labels, with [hftl](https://pypi.org/project/hftl/) and the **{cfg["strategy"]["name"]}** transfer strategy.
+The pretrained model `{_shown(cfg["model"]["name"])}` (revision `{cfg["model"]["revision"]}`) was adapted to {purpose},
+with [hftl](https://pypi.org/project/hftl/) and the **{cfg["strategy"]["name"]}** transfer strategy.
 
 ## Transfer
 {_table(strategy)}
 
 ## Task and data
-Labels: {", ".join(map(str, facts.get("labels", [])))}. Examples: {splits}; the splits are stratified by label (seed
-{cfg["data"]["split_seed"]}).
+{vocabulary} Examples: {splits}{stratified}.
 
 ## Results
 {results}
@@ -175,9 +217,9 @@ Trained for {train.get("epochs", 0):g} epochs ({train.get("seconds", 0):.0f} s);
 {train.get("best_epoch", 0):g}, the best on the validation split.
 
 ## Use
-{_use(modality, bool(facts.get("peft_config")))}
+{_use(modality, bool(facts.get("peft_config")), task, facts.get("pipeline_tag"))}
 ## Intended use and limits
-A classifier for the labels above, on inputs like the training data. It inherits the biases of the base model
+A model for this task ({task}), on inputs like the training data. It inherits the biases of the base model
 and of the data; measure it on your own data before relying on it.
 
 ## Configuration

@@ -239,3 +239,12 @@ def tiny_detector(path: str | Path, kind: str = "detr", labels: list[str] | tupl
     AutoModelForObjectDetection.from_config(config).save_pretrained(path)
     processor.save_pretrained(path)
     return str(path)
+
+
+def numbers_only(tree) -> bool:
+    """Whether a metrics tree (dicts and lists) holds only numbers at its leaves: metrics.json's contract."""
+    if isinstance(tree, dict):
+        return all(numbers_only(v) for v in tree.values())
+    if isinstance(tree, list):
+        return all(numbers_only(v) for v in tree)
+    return isinstance(tree, (int, float))  # bool too: a yes/no fact (lp_ft's cached) is a 0/1

@@ -81,8 +81,7 @@ def _main(cfg: Config, accelerator, run: RunDir, task) -> dict:
         "validation": state.history[state.best_epoch - 1]["validation"],
         "train": {"seconds": train_seconds, "epochs": state.epoch, "steps": state.step,
                   "best_epoch": state.best_epoch, "examples": len(train_set),
-                  "trainable_params": adapted.trainable, "total_params": adapted.total,
-                  "metric_for_best": train_cfg.metric_for_best},
+                  "trainable_params": adapted.trainable, "total_params": adapted.total},
         "history": state.history,
         "data": {"skipped": skipped},
     }

@@ -26,7 +26,7 @@ from hftl.data.sources import DataError
 from hftl.metrics._detection import coco_map
 from hftl.tasks import get_task
 from hftl.tasks.detection import apply_strategy, detect, load_detector
-from hftl.testing import tiny_detector
+from hftl.testing import numbers_only, tiny_detector
 
 LABELS = ["0", "1", "2"]
 
@@ -262,6 +262,9 @@ def test_run_saves_map_picture_and_loads_back(detr, placed, tmp_path, strategy):
     metrics = main(cfg)
     run = tmp_path / "run"
     saved = json.loads((run / "metrics.json").read_text())
+    assert numbers_only(saved), saved  # strict numbers, as every recipe's metrics.json
+    card = (run / "README.md").read_text()
+    assert "find objects of 2 classes" in card and "trust_remote_code" not in card and "classif" not in card
     assert {"map", "map_50", "map_75", "loss"} <= set(saved["test"]) and "ap_0" in saved["history"][0]["validation"]
     assert saved["data"]["skipped"]["train"]["corrupt_images"] == 0 and "augment_dropped_boxes" in \
         saved["data"]["skipped"]["train"]

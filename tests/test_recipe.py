@@ -12,6 +12,7 @@ from hftl.recipes.finetune import main
 
 from hftl.config import load_config
 from hftl.models import ModelNotFoundError, load_classifier
+from hftl.testing import numbers_only
 
 PREDICT = """
 import json, sys, torch, hftl
@@ -29,12 +30,6 @@ def _predict_in_fresh_process(model_dir) -> torch.Tensor:
     return torch.tensor(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def _numbers_only(tree) -> bool:
-    if isinstance(tree, dict):
-        return all(_numbers_only(v) for v in tree.values())
-    if isinstance(tree, list):
-        return all(_numbers_only(v) for v in tree)
-    return isinstance(tree, (int, float))
 
 
 @pytest.mark.parametrize("strategy", ["linear_probe", "full", "lora"])
@@ -49,7 +44,7 @@ def test_run_contract(tiny_cfg, strategy, tmp_path):
     assert load_config(run / "config.yaml") == cfg
     # metrics.json: numbers only, nested by stage and split
     saved = json.loads((run / "metrics.json").read_text())
-    assert set(saved) >= {"test", "validation", "train"} and _numbers_only(saved)
+    assert set(saved) >= {"test", "validation", "train"} and numbers_only(saved)
     assert saved["test"]["accuracy"] == metrics["test"]["accuracy"]
     assert saved["test"]["accuracy"] >= 0.75, saved["test"]  # the tiny task is learnable
     # README.md: a model card with Hub metadata

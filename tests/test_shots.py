@@ -24,7 +24,7 @@ from hftl.shots import (
     zero_shot_embedding,
     zero_shot_nli,
 )
-from hftl.testing import tiny_text_csv
+from hftl.testing import numbers_only, tiny_text_csv
 
 T_975 = {2: 4.302652729911275, 3: 3.182446305284263}  # Student's t quantiles, from tables
 NLI_LABELS = {0: "entailment", 1: "neutral", 2: "contradiction"}
@@ -318,12 +318,6 @@ def test_zero_shot_audio_clap(tiny_model):
 # ---------------------------------------------------------------- the ladder recipe
 
 
-def _numbers_only(tree) -> bool:
-    if isinstance(tree, dict):
-        return all(_numbers_only(v) for v in tree.values())
-    if isinstance(tree, list):
-        return all(_numbers_only(v) for v in tree)
-    return isinstance(tree, (int, float))
 
 
 def test_ladder_writes_metrics_and_plot_features_once(tiny_cfg, tmp_path, monkeypatch):
@@ -350,7 +344,7 @@ def test_ladder_writes_metrics_and_plot_features_once(tiny_cfg, tmp_path, monkey
     assert len(calls) == 3
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
-    assert _numbers_only(metrics)
+    assert numbers_only(metrics)
     assert set(metrics) >= {"zero_shot", "few_shot", "few_shot_transductive", "full", "majority", "cost", "seconds"}
     assert set(metrics["few_shot"]) == {"prototype", "probe"} and set(metrics["few_shot"]["probe"]) == {
         "1",
