@@ -378,6 +378,10 @@ def check(cfg) -> None:
     the metric names. Raises ConfigError."""
     from hftl.config import ConfigError
 
+    if cfg.task.name != "classification":  # LogME, kNN and LEEP here score one class label per input
+        raise ConfigError(f"hftl select ranks backbones for task.name=classification (its scores read one class "
+                          f"label per input), not task.name={cfg.task.name}: fine-tune the candidates with "
+                          f"strategy.name=linear_probe and compare their test metrics instead")
     if not cfg.select.candidates:
         raise ConfigError("select.candidates is empty: list the backbones to rank, e.g. hftl select --candidates "
                           "sentence-transformers/all-MiniLM-L6-v2,path/to/model (or select.candidates=[a, b])")

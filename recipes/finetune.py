@@ -22,7 +22,7 @@ import time
 
 import hftl
 from hftl.baselines import report_guard, run_baselines
-from hftl.config import Config
+from hftl.config import Config, ConfigError
 from hftl.data import encode, modality_of
 from hftl.drift import parameter_table
 from hftl.models import check_max_length
@@ -44,6 +44,10 @@ def main(cfg: Config) -> dict:
     # evaluation)
     task = get_task(cfg.task.name)
     task.check(cfg)
+    if cfg.strategy.name == "lp_ft" and not task.caches_features:  # its probe is linear_probe on pooled features
+        raise ConfigError(f"strategy.name=lp_ft probes the new head on cached pooled features, which "
+                          f"task.name={cfg.task.name} does not have (its outputs are per token, frame or box): use "
+                          f"strategy.name=head for the head alone, then full, freeze_n or a peft method")
     accelerator = hftl.make_accelerator(cfg.train, **tracker_kwargs(cfg))  # trackers: train.report_to
     if cfg.hub.push and accelerator.is_main_process:  # fail before any training time is spent
         hftl.check_push_access(cfg.hub.repo_id)
@@ -69,17 +73,17 @@ def _main(cfg: Config, accelerator, run: RunDir, task) -> dict:
         processor = hftl.load_processor(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
     check_max_length(cfg.model, processor)  # a text longer than the positions would crash mid-epoch
     model = task.build_model(cfg, labels, splits)  # the backbone with the task's new head
-    # lp_ft: the head first learns on cached features (linear_probe's cache: one backbone pass), then the rest trains
-    probe = hftl.probe_head(model, splits, processor, cfg, accelerator) if cfg.strategy.name == "lp_ft" else None
+    collate, probe, plain = task.collator(processor), None, None
+    if cfg.strategy.name == "lp_ft":  # the head learns first, as linear_probe trains it (its loop, its feature cache)
+        plain = _encoded(splits, processor, cfg, task, augment=False)
+        probe = hftl.probe_head(model, plain[0], collate, resolved, accelerator)
     adapted = hftl.apply_strategy(model, cfg.strategy)
     accelerator.print(f"strategy {adapted.strategy}: {adapted.trainable:,} of {adapted.total:,} parameters train")
     # the modality comes from the processor; train images are augmented unless features are cached
-    encoded, skipped = encode(splits, processor, cfg.data, max_length=cfg.model.max_length,
-                              augment=cfg.data.augment and not adapted.frozen_backbone, seed=cfg.train.seed)
-    encoded = task.encode_labels(encoded, cfg)
+    augment = cfg.data.augment and not adapted.frozen_backbone and modality_of(processor) == "vision"
+    encoded, skipped = plain if plain and not augment else _encoded(splits, processor, cfg, task, augment=augment)
     start = time.perf_counter()
     eval_size = eval_batch(cfg.train, accelerator)
-    collate = task.collator(processor)
     if adapted.frozen_backbone and task.caches_features:  # linear probe: one backbone pass, then the head trains
         # on cached features
         model.to(accelerator.device)
@@ -152,3 +156,11 @@ def _count_terms(task) -> dict:
 
 if __name__ == "__main__":
     main(hftl.parse_args(sys.argv[1:]))
+
+
+def _encoded(splits, processor, cfg: Config, task, *, augment: bool) -> tuple:
+    """The splits as the model reads them (the modality from the processor; train images augmented when asked),
+    labels in the task's form, and the skipped counts."""
+    encoded, skipped = encode(splits, processor, cfg.data, max_length=cfg.model.max_length, augment=augment,
+                              seed=cfg.train.seed)
+    return task.encode_labels(encoded, cfg), skipped

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 import hftl.train
 from hftl.config import ConfigError, StrategyConfig, load_config, peft_methods
-from hftl.lpft import fit_head
 
 
 def _head_weights(model) -> dict[str, torch.Tensor]:
@@ -74,6 +73,13 @@ def test_probe_reuses_linear_probes_features(tiny_cfg, tmp_path, monkeypatch):
     assert len(calls) == 3 and metrics["probe"]["features_from_cache"]
 
 
+def test_lp_ft_is_refused_before_compute_for_tasks_without_pooled_features(tiny_cfg, tmp_path):
+    cfg = load_config(None, [*tiny_cfg, "strategy.name=lp_ft", "task.name=token_classification"])
+    with pytest.raises(ConfigError, match="task.name=token_classification does not have"):
+        main(cfg)
+    assert not (tmp_path / "run").exists()  # nothing claimed, nothing loaded
+
+
 def test_after_probe_is_checked_at_parse_time():
     with pytest.raises(ConfigError, match="strategy.after_probe='linear_probe'"):
         load_config(None, ["strategy.name=lp_ft", "strategy.after_probe=linear_probe"])
@@ -96,26 +102,31 @@ def test_after_probe_values(after):
         assert allowed
 
 
-@settings(max_examples=25, deadline=None)
-@given(st.integers(4, 60), st.integers(1, 8), st.floats(0.3, 4.0), st.integers(1, 16), st.integers(0, 2**31 - 1))
-def test_fit_head_keeps_the_best_epoch(n, d, epochs, batch, seed):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g)
-    y = (x[:, 0] > 0).long()
-    head = torch.nn.Linear(d, 2)
-    facts = fit_head(head, (x, y), (x, y), epochs=epochs, lr=0.1, batch_size=batch, seed=seed)
-    steps_per_epoch = -(-n // batch)
-    assert facts["steps"] == max(1, int(steps_per_epoch * epochs))
-    assert facts["validation_accuracy"] == max(h["validation_accuracy"] for h in facts["history"])
-    with torch.no_grad():  # the head left is the best epoch's
-        assert float((head(x).argmax(-1) == y).float().mean()) == pytest.approx(facts["validation_accuracy"])
-
-
-def test_fit_head_diverging_raises_and_restores():
-    head = torch.nn.Linear(2, 2)
-    before = {k: v.clone() for k, v in head.state_dict().items()}
-    x = torch.tensor([[float("nan"), 1.0], [0.0, 1.0]])
+def test_a_diverging_probe_names_probe_lr_and_writes_nothing(tiny_cfg, tmp_path):
+    cfg = load_config(None, [*tiny_cfg, "strategy.name=lp_ft", "strategy.probe_lr=1e30", "strategy.probe_epochs=5",
+                             "eval.baselines=false", "eval.report=false"])
     with pytest.raises(hftl.train.TrainingDiverged, match="strategy.probe_lr"):
-        fit_head(head, (x, torch.tensor([0, 1])), (x, torch.tensor([0, 1])), epochs=1, lr=0.1, batch_size=2)
-    for k, v in head.state_dict().items():
-        torch.testing.assert_close(v, before[k])
+        main(cfg)
+    assert not (tmp_path / "run" / "model").exists() and not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_the_probe_trains_the_head_alone_with_linear_probes_loop(tiny_cfg, monkeypatch):
+    """The probe is hftl.fit (one loop) at strategy.probe_lr for strategy.probe_epochs, the head alone; the backbone's
+    requires_grad is as it was after it."""
+    import hftl.lpft
+
+    calls = []
+    fit = hftl.train.fit
+
+    def fitting(model, loader, val_loader, accelerator, cfg, *args, **kwargs):
+        trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+        calls.append((trainable, cfg.lr, cfg.epochs, type(loader.dataset).__name__))
+        return fit(model, loader, val_loader, accelerator, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(hftl.train, "fit", fitting)
+    cfg = load_config(None, [*tiny_cfg, "strategy.name=lp_ft", "strategy.probe_lr=0.03", "strategy.probe_epochs=3",
+                             "train.lr=1e-4", "train.epochs=1", "eval.baselines=false", "eval.report=false"])
+    metrics = main(cfg)
+    assert calls[0] == ({"head"}, 0.03, 3, "FeatureDataset")  # the probe: the head on cached features
+    assert calls[1][0] == {"backbone", "head"} and calls[1][1:3] == (1e-4, 1)  # then full fine-tuning, train.*
+    assert metrics["probe"]["epochs"] == 3 and 1 <= metrics["probe"]["best_epoch"] <= 3

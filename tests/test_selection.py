@@ -220,3 +220,12 @@ def test_bad_input_is_refused_before_compute(candidates, tiny_csv, tmp_path, cap
     assert _run([str(tmp_path / "gone1"), str(tmp_path / "gone2")], tmp_path, tiny_csv) == 2
     err = capsys.readouterr().err
     assert "none of the 2 select.candidates could be scored" in err and "gone2" in err
+
+
+def test_select_refuses_tasks_its_scores_do_not_read(tmp_path):
+    from hftl.config import ConfigError, load_config
+    from hftl.selection import check
+
+    cfg = load_config(None, ["task.name=regression", "select.candidates=[a, b]", f"output_dir={tmp_path / 's'}"])
+    with pytest.raises(ConfigError, match="task.name=classification .* not task.name=regression"):
+        check(cfg)
