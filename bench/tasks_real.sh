@@ -26,9 +26,9 @@ run() {  # name config overrides...
 # Cut for the 2-core shared machine (see the README's Tasks section): lora 3 epochs on General Inquirer, 1 epoch
 # elsewhere; full 1 epoch; WNUT-16 3 epochs for lora and linear_probe, 1 for full. (On 2026-11-30 the WNUT-16 runs
 # were started beside the Rotten Tomatoes ones, and its full and linear_probe runs beside each other, to end in time.)
-run gi-multi_label-linear_probe minilm-gi-multi_label $LP
-run gi-multi_label-lora minilm-gi-multi_label
-run gi-multi_label-full minilm-gi-multi_label $FULL train.epochs=1
+run gi-multi_label-linear_probe minilm-gi-multi_label-lora $LP
+run gi-multi_label-lora minilm-gi-multi_label-lora
+run gi-multi_label-full minilm-gi-multi_label-lora $FULL train.epochs=1
 for task in whissell-regression roget-pairs; do
   run "$task-linear_probe" "minilm-$task" $LP
   run "$task-lora" "minilm-$task" train.epochs=1
@@ -39,7 +39,7 @@ for seed in 0 1 2; do
   run "rt-skewed-weights-$seed" minilm-rt-skewed-linear_probe "train.seed=$seed" train.class_weights=balanced
   run "rt-skewed-sampler-$seed" minilm-rt-skewed-linear_probe "train.seed=$seed" train.balanced_sampler=true
 done
-run wnut16-tokens-lora minilm-wnut16-tokens train.epochs=3
-run wnut16-tokens-full minilm-wnut16-tokens $FULL train.epochs=1
-run wnut16-tokens-linear_probe minilm-wnut16-tokens strategy.name=linear_probe train.lr=0.01 train.epochs=3
+run wnut16-tokens-lora minilm-wnut16-tokens-lora train.epochs=3
+run wnut16-tokens-full minilm-wnut16-tokens-lora $FULL train.epochs=1
+run wnut16-tokens-linear_probe minilm-wnut16-tokens-lora strategy.name=linear_probe train.lr=0.01 train.epochs=3
 echo done

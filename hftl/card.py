@@ -173,6 +173,7 @@ def model_card(cfg: dict, metrics: dict, facts: dict) -> str:
             "Output: text, in the base model's own tokens."
     else:
         vocabulary = f"{'Targets' if task == 'regression' else 'Labels'}: {', '.join(labels)}."
+    by = f" by {facts['metric_for_best']}" if facts.get("metric_for_best") else ""
     stratified = (f"; the splits are stratified by label (seed {cfg['data']['split_seed']})" if task in CLASS_TASKS
                   else f" (split seed {cfg['data']['split_seed']})")
     strategy = {
@@ -214,7 +215,7 @@ with [hftl](https://pypi.org/project/hftl/) and the **{cfg["strategy"]["name"]}*
 {results}
 
 Trained for {train.get("epochs", 0):g} epochs ({train.get("seconds", 0):.0f} s); the weights kept are those of epoch
-{train.get("best_epoch", 0):g}, the best on the validation split.
+{train.get("best_epoch", 0):g}, the best on the validation split{by}.
 
 ## Use
 {_use(modality, bool(facts.get("peft_config")), task, facts.get("pipeline_tag"))}

@@ -422,7 +422,11 @@ def _main(cfg, accelerator, run) -> dict:
               "knn_k": cfg.select.knn_k, "candidates": rows, "ranking": rankings(rows),
               "seconds": {"selection": time.perf_counter() - start}}
     if cfg.select.finetune:
-        t0 = time.perf_counter()
+        from hftl.tasks import get_task
+
+        t0 = time.perf_counter()  # the metric auto resolves to, as the fine-tuning recipe resolves it on these splits
+        best = get_task("classification").best_metric(cfg, splits, accelerator.print)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, metric_for_best=best))
         for i, row in enumerate(r for r in rows if "scores" in r):
             row["finetune"] = finetune_candidate(cfg, row["name"], Path(cfg.output_dir) / "finetune" /
                                                  f"{i}-{slug(row['name'])}")

@@ -93,6 +93,7 @@ def _main(cfg: Config, accelerator, run: RunDir, task) -> dict:
                  "labels": data.names, "splits": {k: len(v) for k, v in data.splits.items()},
                  "trainable_params": adapted.trainable, "total_params": adapted.total, "frozen": adapted.frozen,
                  "peft_config": adapted.peft_config, "task": "detection", "pipeline_tag": task.pipeline_tag(),
+                 "metric_for_best": train_cfg.metric_for_best,
                  "head": "class_labels_classifier (new), bbox_predictor (kept)"}
         rows = task.prediction_rows(truth, preds, unwrapped.config)
 

@@ -127,7 +127,8 @@ def _main(cfg: Config, accelerator, run: RunDir, task) -> dict:
     state_dict = accelerator.get_state_dict(trained)  # all processes: gathers FSDP / ZeRO-3 shards on the main one
     if accelerator.is_main_process:
         facts = hftl.transfer_facts(adapted, model, labels, splits, modality=modality_of(processor))
-        facts.update(task=cfg.task.name, pipeline_tag=task.pipeline_tag(facts["modality"]))
+        facts.update(task=cfg.task.name, pipeline_tag=task.pipeline_tag(facts["modality"]),
+                     metric_for_best=train_cfg.metric_for_best)  # what auto resolved to: the card says it
 
         def extra(stage) -> None:  # in the staging folder: moved into place with the rest, then marked complete
             write_predictions(stage, predictions, splits["test"])

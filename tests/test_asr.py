@@ -75,7 +75,7 @@ def test_whisper_run_saves_scores_and_loads_back(whisper, clips, tmp_path, strat
     for split in ("test", "validation"):
         assert set(metrics[split]) == {"wer", "cer", "loss"} and all(np.isfinite(list(metrics[split].values())))
     assert all(set(h["validation"]) == {"wer", "cer", "loss"} for h in metrics["history"])
-    assert metrics["train"]["metric_for_best"] == "wer"
+    assert "the best on the validation split by wer" in " ".join((tmp_path / "run" / "README.md").read_text().split())
     model, processor = hftl.load(tmp_path / "run" / "model")
     base = model.get_base_model() if strategy == "lora" else model
     encoder = sum(p.numel() for p in base.model.encoder.parameters())
@@ -232,7 +232,7 @@ def test_two_processes_match_one(whisper, wav2vec2, clips, tmp_path, task):
 PUSH = r"""
 import json, sys
 from hftl.hub import load, push
-push(sys.argv[1], "alice/asr", token=sys.argv[2])
+push(sys.argv[1], "alice/asr", token=sys.argv[2], what=sys.argv[3])
 model, processor = load("alice/asr", token=sys.argv[2])
 base = model.get_base_model() if hasattr(model, "get_base_model") else model
 print(json.dumps({"model": type(base).__name__, "processor": type(processor).__name__, "task": base.config.task}))
@@ -241,14 +241,17 @@ print(json.dumps({"model": type(base).__name__, "processor": type(processor).__n
 
 @pytest.mark.parametrize("task,strategy", [("seq2seq_asr", "lora"), ("ctc", "full")])
 def test_run_pushed_and_loaded_back_by_repo_id(whisper, wav2vec2, clips, tmp_path, task, strategy):
-    """Through a loopback Hub (tests/hub_server.py) and the unmodified huggingface_hub client, in a child process."""
+    """Through a loopback Hub (tests/hub_server.py) and the unmodified huggingface_hub client, in a child process.
+    An adapter over a local base is pushed merged (its base is on no Hub: hftl push refuses the adapter alone)."""
     from hub_server import HubServer
 
     model = whisper if task == "seq2seq_asr" else wav2vec2
-    main(load_config(None, overrides(model, clips, task, tmp_path / "run", strategy, "train.epochs=1")))
+    main(load_config(None, overrides(model, clips, task, tmp_path / "run", strategy, "train.epochs=1",
+                                     "strategy.merge=true")))
     token = "hf_aliceWRITEsecret7f3a9c2e"
     with HubServer(tokens={token: "alice"}) as hub:
-        out = subprocess.run([sys.executable, "-c", PUSH, str(tmp_path / "run"), token], capture_output=True,
+        what = "merged" if strategy == "lora" else "auto"
+        out = subprocess.run([sys.executable, "-c", PUSH, str(tmp_path / "run"), token, what], capture_output=True,
                              text=True, timeout=300, env=hub.client_env(home=tmp_path / "home"), cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
