@@ -155,13 +155,13 @@ def _count_terms(task) -> dict:
     return {"count_terms": task.loss_terms} if hasattr(task, "loss_terms") else {}
 
 
-if __name__ == "__main__":
-    main(hftl.parse_args(sys.argv[1:]))
-
-
 def _encoded(splits, processor, cfg: Config, task, *, augment: bool) -> tuple:
     """The splits as the model reads them (the modality from the processor; train images augmented when asked),
     labels in the task's form, and the skipped counts."""
     encoded, skipped = encode(splits, processor, cfg.data, max_length=cfg.model.max_length, augment=augment,
                               seed=cfg.train.seed)
     return task.encode_labels(encoded, cfg), skipped
+
+
+if __name__ == "__main__":
+    main(hftl.parse_args(sys.argv[1:]))
