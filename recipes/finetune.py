@@ -31,6 +31,7 @@ from hftl.rundir import RunDir, claim
 from hftl.tasks import get_task
 from hftl.tracking import RunMonitor, quiet_unless_terminal, start_trackers, tracker_kwargs
 from hftl.train import eval_batch, train_batch
+from hftl.train import predict as predict_loader
 
 
 def main(cfg: Config) -> dict:
@@ -100,7 +101,7 @@ def _main(cfg: Config, accelerator, run: RunDir, task) -> dict:
     train_seconds = time.perf_counter() - start
     # settings the task chooses on validation once trained (multi_label's threshold), saved in the model's config
     val_loader, test_loader = accelerator.prepare(val_loader, test_loader)
-    tuned = task.tune(accelerator.unwrap_model(trained).config, *hftl.predict(trained, val_loader, accelerator),
+    tuned = task.tune(accelerator.unwrap_model(trained).config, *predict_loader(trained, val_loader, accelerator),
                       cfg) if task.tunes else {}
     test_scores, predictions = evaluate_with_predictions(trained, test_loader, accelerator, cfg.eval.metrics)
     metrics = {
