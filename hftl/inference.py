@@ -7,14 +7,17 @@ takes, ``task.predict_rows`` turns a batch into what is printed per input, ``tas
 
 Inputs go through the functions training used, so what trained is what predicts: texts are tokenized with the run's
 ``model.max_length`` and truncation; images are decoded by ``hftl.data.vision.to_pil`` (grayscale, palette, alpha,
-16-bit) then the saved image processor; audio is read by ``hftl.data.speech.load_audio`` (mixed to mono, resampled
+16-bit) then the saved image processor (a detector's images as training's ``DetectionDataset`` reads them, their
+sizes kept for the boxes); audio is read by ``hftl.data.speech.load_audio`` (mixed to mono, resampled
 to the extractor's rate, cut at the run's ``data.max_seconds``) then the saved feature extractor.
 
 Example:
     >>> hftl.predict("runs/demo", ["a gripping, funny film", "a dull mess"])  # doctest: +SKIP
     [{'input': 'a gripping, funny film', 'label': 'pos', 'score': 0.91, 'scores': {'neg': 0.09, 'pos': 0.91}}, ...]
     >>> hftl.evaluate_file("runs/demo", "test.csv")  # doctest: +SKIP
-    {'accuracy': 0.77, 'f1': 0.77, 'examples': 1066}
+    {'accuracy': 0.77, 'f1': 0.77, 'loss': 0.49, 'examples': 1066}
+    >>> hftl.predict("runs/genres", ["a war drama"])  # a multi_label run  # doctest: +SKIP
+    [{'input': 'a war drama', 'labels': ['drama', 'war'], 'scores': {'comedy': 0.04, 'drama': 0.93, 'war': 0.71}}]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 from hftl.data.sources import AUDIO_SUFFIXES, FILE_BUILDERS, IMAGE_SUFFIXES
 
 DEFAULT_METRICS = ["accuracy", "f1"]
+SHOWN = 5  # objects or entities shown per line of --format table
 
 
 @dataclass
@@ -393,8 +397,9 @@ def _short(value) -> str:
     if isinstance(value, dict):
         return " ".join(f"{k}={_short(v)}" for k, v in value.items())
     if isinstance(value, (list, tuple)):
-        if value and all(isinstance(v, dict) for v in value):
-            return ", ".join(" ".join(_short(x) for x in v.values()) for v in value)
+        if value and all(isinstance(v, dict) for v in value):  # objects, entities: the first few
+            more = f", ... ({len(value)} in all)" if len(value) > SHOWN else ""
+            return ", ".join(" ".join(_short(x) for x in v.values()) for v in value[:SHOWN]) + more
         return "[" + " ".join(_short(v) for v in value) + "]" if value and all(
             isinstance(v, (int, float)) for v in value) else " ".join(map(str, value)) or "-"
     return str(value)
