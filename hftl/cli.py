@@ -29,7 +29,8 @@ USAGE = ("usage: hftl {finetune,ladder,pretrain,select,predict,evaluate,configs,
         **RECIPES,
         "select": "Rank candidate backbones for the data before fine-tuning: hftl select --candidates A,B "
                   "[--finetune STRATEGY] (hftl/selection.py).",
-        "predict": "Labels and scores of a trained model for new inputs: hftl predict RUN_DIR_OR_REPO_ID INPUTS...",
+        "predict": "What a trained model predicts for new inputs (labels, scores, values, tags, transcripts, boxes): "
+                   "hftl predict RUN_DIR_OR_REPO_ID INPUTS...",
         "evaluate": "The run's metrics on a labelled file: hftl evaluate RUN_DIR_OR_REPO_ID FILE",
         "configs": "List the shipped configs and what each needs first.",
         "config": "List every config key with its help.",
@@ -82,15 +83,19 @@ def _predict(argv: list[str], evaluate: bool = False) -> int:
     import json
 
     if evaluate:
-        parser = _parser("hftl evaluate", "Measure a trained model on a labelled file with the run's metrics "
-                         "(eval.metrics of its config.yaml), its inputs converted as in training.",
+        parser = _parser("hftl evaluate", "Measure a trained model on a labelled file with the metrics its run "
+                         "reports (its task's: eval.metrics for classification; f1_micro...; rmse...; seqeval F1; "
+                         "WER; COCO mAP from a COCO JSON file), its inputs converted as in training.",
                          "the metrics as one JSON object on stdout; nothing on disk.",
                          "hftl evaluate runs/demo test.csv")
     else:
-        parser = _parser("hftl predict", "Labels and scores of a trained model (a run directory, its model/ folder, "
-                         "or a Hub repo id) for new inputs, converted as in training.",
-                         "one JSON line per input on stdout ({input, label, score, scores}), or a table with "
-                         "--format table; nothing on disk.",
+        parser = _parser("hftl predict", "What a trained model (a run directory, its model/ folder, or a Hub repo "
+                         "id) predicts for new inputs, read by its task as its run read it, the inputs converted as "
+                         "in training.",
+                         "one JSON line per input on stdout (classification {input, label, score, scores}; "
+                         "multi_label labels, scores; regression value; token_classification words, tags, entities;"
+                         " ctc/seq2seq_asr text; detection objects), or a table with --format table; nothing on "
+                         "disk.",
                          'hftl predict runs/demo "a gripping film" "a dull mess"   |   hftl predict runs/demo '
                          'new.csv --format table   |   cat texts.txt | hftl predict runs/demo -')
     parser.add_argument("model", metavar="RUN_DIR_OR_REPO_ID")
@@ -103,6 +108,9 @@ def _predict(argv: list[str], evaluate: bool = False) -> int:
         parser.add_argument("inputs", nargs="+", help="texts, a CSV/TSV/JSON/JSONL/parquet file, image or audio "
                                                       "files, a folder of them, or - for stdin (one per line)")
         parser.add_argument("--format", choices=["jsonl", "table"], default="jsonl")
+        parser.add_argument("--threshold", type=float, default=None,
+                            help="detection: the lowest score of an object shown (default 0.5); multi_label: the "
+                                 "decision threshold (default: the one the run tuned and saved)")
     parser.add_argument("--column", default=None, help="the input column of a file (default: the run's "
                                                       "data.input_column / text_column, else text, image, audio...)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -115,7 +123,7 @@ def _predict(argv: list[str], evaluate: bool = False) -> int:
                                        label_column=args.label_column), allow_nan=False))
         return 0
     inputs = args.inputs[0] if len(args.inputs) == 1 and _is_source(args.inputs[0]) else args.inputs
-    rows = predict(predictor, inputs, batch_size=args.batch_size, column=args.column)
+    rows = predict(predictor, inputs, batch_size=args.batch_size, column=args.column, threshold=args.threshold)
     print(format_table(rows) if args.format == "table" else format_jsonl(rows))
     return 0
 

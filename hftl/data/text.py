@@ -20,14 +20,7 @@ def encode_text(splits: DatasetDict, tokenizer, column: str, max_length: int) ->
     tokenized as pre-split words, and ``word_ids`` (the word of each token, None for special tokens) is kept."""
 
     def encode(batch: dict) -> dict:
-        # a pair (data.text_pair_column) is encoded as the tokenizer pairs two texts: [CLS] a [SEP] b [SEP] for BERT
-        pair = batch.get("text_pair")
-        words = bool(batch[column]) and isinstance(batch[column][0], list)  # pre-split words (token tasks)
-        out = tokenizer(batch[column], pair, truncation=True, max_length=max_length, is_split_into_words=words)
-        if words:  # which word each token comes from: how word-level tags reach sub-word tokens
-            out["word_ids"] = [out.word_ids(i) for i in range(len(batch[column]))]
-        out["length"] = [len(ids) for ids in out["input_ids"]]
-        return out
+        return tokenize(tokenizer, batch[column], max_length, batch.get("text_pair"))
 
     return DatasetDict(
         {
@@ -35,6 +28,19 @@ def encode_text(splits: DatasetDict, tokenizer, column: str, max_length: int) ->
             for name, ds in splits.items()
         }
     )
+
+
+def tokenize(tokenizer, texts: list, max_length: int, pair: list | None = None) -> dict:
+    """Token ids (and masks) of ``texts``, cut at ``max_length``, with ``length``; word lists are tokenized as
+    pre-split words, with ``word_ids`` (the word of each token, None for special tokens). What training encodes and
+    ``hftl predict`` reads."""
+    # a pair (data.text_pair_column) is encoded as the tokenizer pairs two texts: [CLS] a [SEP] b [SEP] for BERT
+    words = bool(texts) and isinstance(texts[0], list)  # pre-split words (token tasks)
+    out = tokenizer(texts, pair, truncation=True, max_length=max_length, is_split_into_words=words)
+    if words:  # which word each token comes from: how word-level tags reach sub-word tokens
+        out["word_ids"] = [out.word_ids(i) for i in range(len(texts))]
+    out["length"] = [len(ids) for ids in out["input_ids"]]
+    return out
 
 
 class TextCollator(DataCollatorWithPadding):

@@ -17,8 +17,12 @@ strategies, checkpoints, resume, the run directory, ``hftl.load`` and push never
   resolved once the data is read; ``check_best(metrics, metric_for_best)`` and ``auto_best(metrics)`` in ``fit``;
 - ``scores(logits, labels, metrics, config)``: validation/test metrics (flat floats, ``loss`` included);
 - ``tune(config, logits, labels)``: settings chosen on validation after training (e.g. a threshold), saved;
-- ``outputs(logits, config)``: what ``predict`` returns per input; ``prediction_rows(logits, labels, config)``: the
-  rows of ``predictions.jsonl`` (label, predicted, ...); ``pipeline_tag(modality)``: the card's tag;
+- ``outputs(logits, config)``: the task's reading of outputs per input; ``prediction_rows(logits, labels, config)``:
+  the rows of ``predictions.jsonl`` (label, predicted, ...); ``pipeline_tag(modality)``: the card's tag;
+- ``targets(values, config, items, where)``: raw labels of a labelled file (names, lists, numbers, tags,
+  transcripts; ``None`` when predicting: placeholders) as the ``label`` each row gives the task's collator, a
+  DataError naming a label the model does not know; ``predict_rows(model, batch, config, items, threshold)``: what
+  ``hftl predict`` prints per input (``hftl.inference``), read from a collated batch as ``outputs`` reads;
 - ``baselines``: whether ``hftl.baselines`` (majority class, a classical model) can score the task.
 
 Optional hooks (speech recognition has them; the others use the defaults):
@@ -28,7 +32,11 @@ Optional hooks (speech recognition has them; the others use the defaults):
   model's logits (default ``model(**inputs).logits``), e.g. ids decoded by ``generate`` and each clip's loss;
 - ``loss_terms(batch)``: what the model's loss averages over when it is not labelled tokens or inputs (CTC: clips),
   ``fit``'s ``count_terms`` (steps split over processes or accumulated weigh by it);
-- ``refused_strategies``: strategy name -> why it means nothing for the task (ConfigError in ``check``).
+- ``refused_strategies``: strategy name -> why it means nothing for the task (ConfigError in ``check``);
+- ``reads_words``: inputs are word lists (a text is split on whitespace, as training's words); ``input_rows(items,
+  processor)``: the rows of the task's collator built from raw inputs in place of the modality's (detection);
+  ``evaluate_labelled(model, processor, path, batch_size)``: ``hftl evaluate`` on a file of the task's own format
+  (detection: a COCO file).
 
 Later tasks (sequence-to-sequence speech recognition, detection, token classification, multitask made of tasks)
 are each one more file here with their own model builder. ``task.name`` in the config picks one.
@@ -80,12 +88,53 @@ def get_task(name: str):
 
 
 def task_of(model):
-    """The task a model was built for, from its config (``task``; a model without one is a classifier)."""
+    """The task a model was built for, from its config (``task``); a model saved without one (not trained by hftl)
+    by its class (``...ForCTC``, a speech ``...ForConditionalGeneration``, ``...ForObjectDetection``,
+    ``...ForTokenClassification``) or its ``problem_type``; else a classifier."""
     config = getattr(model, "config", None)
     unwrap = getattr(model, "module", None)  # DDP wraps the model
     if config is None and unwrap is not None:
         config = getattr(unwrap, "config", None)
-    return get_task(getattr(config, "task", None) or DEFAULT)
+    return get_task(getattr(config, "task", None) or _by_class(unwrap or model, config) or DEFAULT)
+
+
+PROBLEM_TYPES = {"multi_label_classification": "multi_label", "regression": "regression"}
+
+
+def _by_class(model, config) -> str | None:
+    """The task of a model without ``task`` in its config: by its class name, then transformers' ``problem_type``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the model
+    name = type(base).__name__
+    if name.endswith("ForCTC"):
+        return "ctc"
+    if name.endswith("ForConditionalGeneration") and getattr(base, "main_input_name", "") == "input_features":
+        return "seq2seq_asr"
+    if name.endswith("ForObjectDetection"):
+        return "detection"
+    if name.endswith("ForTokenClassification"):
+        return "token_classification"
+    return PROBLEM_TYPES.get(getattr(config, "problem_type", None))
+
+
+def logits_of(model, batch: dict):
+    """The model's logits for a collated batch (its ``labels`` and ``length`` left out): what ``predict_rows`` of the
+    tasks with logits read."""
+    return model(**{k: v for k, v in batch.items() if k not in ("labels", "length")}).logits.float()
+
+
+def class_ids(values: list, names: list[str], where: str, what: str = "labels") -> list[int]:
+    """Class ids of raw labels: by name, or by index when every label is an integer that is not a name.
+    DataError naming the labels the model does not know (``where``: the file)."""
+    from hftl.data.sources import DataError
+
+    text = [str(v).strip() for v in values]
+    index = {n: i for i, n in enumerate(names)}
+    numeric = bool(text) and all(t.lstrip("-").isdigit() and t not in index for t in text)
+    unknown = sorted({t for t in text if (int(t) not in range(len(names)) if numeric else t not in index)})
+    if unknown:
+        raise DataError(f"{where} has {what} the model does not know: {unknown[:10]}; its labels are {names[:30]}: "
+                        f"fix those rows, or evaluate a model trained with them")
+    return [int(t) if numeric else index[t] for t in text]
 
 
 def only_classification(cfg) -> None:

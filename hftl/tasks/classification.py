@@ -10,7 +10,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-from hftl.tasks import build_pooled, modality_collator, pooled_model_class, register
+from hftl.tasks import build_pooled, class_ids, logits_of, modality_collator, pooled_model_class, register
 
 IMBALANCED = 3.0  # train is imbalanced when its largest class has this many times the examples of its smallest
 
@@ -103,6 +103,23 @@ class Classification:
     def outputs(self, logits: torch.Tensor, config) -> list:
         """The predicted class name of each input."""
         return [config.id2label[int(i)] for i in logits.argmax(-1)]
+
+    def targets(self, values, config, items, where: str) -> list:
+        """Class ids of a file's labels (names, or indices); 0 when predicting (``values`` None)."""
+        if values is None:
+            return [0] * len(items)
+        return class_ids(values, [config.id2label[i] for i in range(len(config.id2label))], where)
+
+    def predict_rows(self, model, batch: dict, config, items: list, threshold: float | None = None) -> list[dict]:
+        """Per input: ``label`` (the most probable class), its ``score`` and ``scores`` (class name -> softmax
+        probability)."""
+        probs = logits_of(model, batch).softmax(-1).tolist()
+        names = [config.id2label[i] for i in range(len(config.id2label))]
+        out = []
+        for row in probs:
+            best = max(range(len(row)), key=row.__getitem__)
+            out.append({"label": names[best], "score": row[best], "scores": dict(zip(names, row, strict=True))})
+        return out
 
     def pipeline_tag(self, modality: str) -> str:
         return PIPELINE_TAGS.get(modality, "text-classification")

@@ -194,20 +194,27 @@ class CTC:
     def eval_outputs(self, model, batch: dict) -> torch.Tensor:
         """Per clip (``speech_text.pack``): its CTC loss summed and the argmax id of each of its frames (frames past
         its end, from padding, set to the blank)."""
+        logits, frames, ids = self._frames(model, batch)
+        labels = batch["labels"]
+        scored = labels >= 0
+        nll = torch.nn.functional.ctc_loss(logits.log_softmax(-1).transpose(0, 1), labels[scored], frames,
+                                           scored.sum(1), blank=st.unwrap(model).config.pad_token_id,
+                                           reduction="none", zero_infinity=True)
+        return st.pack(nll, scored.sum(1), ids)
+
+    @staticmethod
+    def _frames(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The clips' logits, their frame counts and the argmax id of each frame (frames past a clip's end, from
+        padding, set to the blank): what evaluation and ``predict_rows`` decode."""
         base = st.unwrap(model)
         inputs = {k: batch[k] for k in ("input_values", "attention_mask") if k in batch}
         logits = model(**inputs).logits.float()
         frames = torch.full((len(logits),), logits.shape[1], dtype=torch.long, device=logits.device)
         if "attention_mask" in batch:
             frames = base._get_feat_extract_output_lengths(batch["attention_mask"].sum(-1)).long()
-        labels = batch["labels"]
-        scored = labels >= 0
-        blank = base.config.pad_token_id
-        nll = torch.nn.functional.ctc_loss(logits.log_softmax(-1).transpose(0, 1), labels[scored], frames,
-                                           scored.sum(1), blank=blank, reduction="none", zero_infinity=True)
         ids = logits.argmax(-1)
-        ids[torch.arange(ids.shape[1], device=ids.device)[None] >= frames[:, None]] = blank
-        return st.pack(nll, scored.sum(1), ids)
+        ids[torch.arange(ids.shape[1], device=ids.device)[None] >= frames[:, None]] = base.config.pad_token_id
+        return logits, frames, ids
 
     def _both(self, outputs: torch.Tensor, labels: torch.Tensor, config) -> tuple[list[str], list[str]]:
         names = _id2label(config)
@@ -226,6 +233,13 @@ class CTC:
     def outputs(self, outputs: torch.Tensor, config, labels=None) -> list[str]:
         names = _id2label(config)
         return [ctc_text(row, names, config.pad_token_id) for row in st.unpack(outputs)[2]]
+
+    targets = staticmethod(st.targets)
+
+    def predict_rows(self, model, batch: dict, config, items: list, threshold: float | None = None) -> list[dict]:
+        """Per clip: ``text``, its greedy CTC transcript (as evaluation decodes it)."""
+        names = _id2label(config)
+        return [{"text": ctc_text(row, names, config.pad_token_id)} for row in self._frames(model, batch)[2].tolist()]
 
     def pipeline_tag(self, modality: str) -> str:
         return "automatic-speech-recognition"

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -193,6 +194,15 @@ def truth_of(targets: list[dict]) -> list[dict]:
     return out
 
 
+def detect_batch(model, batch: dict, model_type: str) -> tuple[list[dict], list[dict], float]:
+    """One batch's ground truth and predictions (all scores, for mAP; ``image_id`` of their image) and its loss."""
+    out = model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"], labels=batch["labels"])
+    truth, preds = truth_of(batch["labels"]), boxes_of(out, batch["labels"], model_type)
+    for g, q in zip(truth, preds, strict=True):
+        q["image_id"] = g["image_id"]
+    return truth, preds, float(out.loss)
+
+
 @torch.no_grad()
 def run_detector(model, loader, accelerator, desc: str = "eval") -> tuple[list[dict], list[dict], float]:
     """Ground truth, predictions (all scores, for mAP) and the mean loss over a loader, gathered over processes."""
@@ -205,13 +215,10 @@ def run_detector(model, loader, accelerator, desc: str = "eval") -> tuple[list[d
     truth, preds, losses = [], [], []
     with adapters_merged(base, sharded(accelerator)):
         for batch in progress(loader, accelerator, desc):
-            out = model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"], labels=batch["labels"])
-            t, p = truth_of(batch["labels"]), boxes_of(out, batch["labels"], model_type)
-            for g, q in zip(t, p, strict=True):
-                q["image_id"] = g["image_id"]
+            t, p, loss = detect_batch(model, batch, model_type)
             truth.append(t)
             preds.append(p)
-            losses.append(float(out.loss))
+            losses.append(loss)
     truth = accelerator.gather_for_metrics([g for t in truth for g in t], use_gather_object=True)
     preds = accelerator.gather_for_metrics([q for p in preds for q in p], use_gather_object=True)
     loss = float(accelerator.reduce(torch.tensor(sum(losses) / max(len(losses), 1), device=accelerator.device),
@@ -324,8 +331,96 @@ class Detection:
     def outputs(self, outputs, config, targets=None, model_type: str = "detr") -> list:
         return boxes_of(outputs, targets, model_type)
 
+    def input_rows(self, items: list, processor) -> list[dict]:
+        """Each image (a path or PIL image) read and encoded as training's ``DetectionDataset`` does, with no boxes;
+        DataError naming an image that cannot be read."""
+        from hftl.data.detection import DetectionDataset
+        from hftl.data.sources import DataError
+
+        rows = DetectionDataset([{"image": item, "image_id": i, "boxes": [], "labels": []}
+                                 for i, item in enumerate(items)], processor)
+        out = []
+        for i, item in enumerate(items):
+            try:
+                out.append(rows[i])
+            except Exception as err:  # noqa: BLE001 - PIL raises many types for broken files
+                raise DataError(f"cannot read the image {item}: {type(err).__name__}: {err}; give image "
+                                f"files") from err
+        return out
+
+    def targets(self, values, config, items, where: str) -> list:
+        from hftl.data.sources import DataError
+
+        if values is not None:
+            raise DataError(f"{where}: hftl evaluate reads a detection model's labels from a COCO JSON file (images "
+                            f"beside it): give one, as in training's data.name")
+        return [None] * len(items)  # the boxes are input_rows' (none)
+
+    @torch.no_grad()
+    def predict_rows(self, model, batch: dict, config, items: list, threshold: float | None = None) -> list[dict]:
+        """Per image: ``objects``, each ``label``, ``score`` and ``box`` [x0, y0, x1, y1] in the original image's
+        pixels, scoring at least ``threshold`` (0.5 by default), best first; by the detector family's
+        ``post_process_object_detection`` with the images' sizes, as evaluation reads them."""
+        from hftl.data.detection import convert_boxes
+        from hftl.tasks.speech_text import unwrap
+
+        out = model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"])
+        at = 0.5 if threshold is None else threshold
+        found = boxes_of(out, batch["labels"], unwrap(model).config.model_type, at)
+        rows = []
+        for f in found:
+            boxes = convert_boxes(f["boxes"], "xywh", "xyxy").reshape(-1, 4).tolist() if f["boxes"] else []
+            best = sorted(range(len(boxes)), key=lambda i: -f["scores"][i])
+            rows.append({"objects": [{"label": config.id2label[f["labels"][i]], "score": round(f["scores"][i], 4),
+                                      "box": [round(v, 2) for v in boxes[i]]} for i in best]})
+        return rows
+
+    @torch.no_grad()
+    def evaluate_labelled(self, model, processor, path, batch_size: int = 8, box_format: str = "xywh") -> dict:
+        """COCO mAP, mAP@.5, mAP@.75, per-class AP and the loss (a mean over batches of ``batch_size``, as the run's
+        evaluation batches) of ``model`` on a COCO JSON file with its images (beside it; boxes in ``box_format``,
+        the run's ``data.box_format``); ``examples``: images.
+        DataError for a file that is not COCO or a category the model does not know."""
+        from hftl.data.detection import DetectionDataset, _clean, _coco_rows, detection_collator
+        from hftl.data.sources import DataError
+        from hftl.metrics._detection import coco_map
+        from hftl.tasks.speech_text import unwrap
+
+        config = unwrap(model).config
+        names = [config.id2label[i] for i in range(len(config.id2label))]
+        path = Path(path)
+        if path.suffix.lower() != ".json":
+            raise DataError(f"{path}: hftl evaluate reads a detection model's labels from a COCO JSON file (images "
+                            f"beside it): give one, as in training's data.name")
+        rows, file_names = _coco_rows(path, path.parent, box_format, names)  # categories matched by name
+        unknown = sorted(set(file_names) - set(names))
+        if unknown:
+            raise DataError(f"{path} has categories the model does not know: {unknown[:10]}; its labels are "
+                            f"{names[:30]}: fix those categories, or evaluate a model trained with them")
+        rows, _, _ = _clean(rows, "test", names, lambda i: f"image {rows[i].get('name', i)!r} of {path}")
+        data = DetectionDataset(rows, processor)
+        model_type, truth, preds, losses = config.model_type, [], [], []
+        device = next(model.parameters()).device
+        for start in range(0, len(data), batch_size):
+            batch = detection_collator([data[i] for i in range(start, min(start + batch_size, len(data)))])
+            batch = {k: _to(v, device) for k, v in batch.items()}
+            t, p, loss = detect_batch(model, batch, model_type)
+            truth += t
+            preds += p
+            losses.append(loss)
+        return {**coco_map(truth, preds, names), "loss": sum(losses) / max(len(losses), 1), "examples": len(rows)}
+
     def pipeline_tag(self, modality: str = "vision") -> str:
         return "object-detection"
+
+
+def _to(value, device):
+    """Tensors (also inside lists and dicts, as detection batches hold their targets) moved to ``device``."""
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to(v, device) for v in value]
+    return value.to(device) if hasattr(value, "to") else value
 
 
 def _round(boxes: list) -> list:

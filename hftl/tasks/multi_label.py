@@ -10,7 +10,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hftl.tasks import build_pooled, modality_collator, only_classification, pooled_model_class, register, resolve_best
+from hftl.tasks import (
+    build_pooled,
+    class_ids,
+    logits_of,
+    modality_collator,
+    only_classification,
+    pooled_model_class,
+    register,
+    resolve_best,
+)
 
 KEYS = ("f1_micro", "f1_macro", "subset_accuracy", "loss")
 GRID = np.round(np.arange(0.05, 0.96, 0.05), 2)  # thresholds tried on validation
@@ -165,12 +174,55 @@ class MultiLabel:
 
     def outputs(self, logits: torch.Tensor, config) -> list:
         """The names of the labels whose probability reaches the threshold, per input."""
-        on = torch.sigmoid(logits) >= config.threshold
+        on = torch.sigmoid(logits) >= getattr(config, "threshold", 0.5)
         return [[config.id2label[int(j)] for j in row.nonzero().flatten()] for row in on]
+
+    def targets(self, values, config, items, where: str) -> list:
+        """0/1 rows (one column per label) of a file's label sets: a list of names, a JSON list (``["drama",
+        "war"]``), names separated by ``;``, an empty cell for none, or 0/1 columns (``data.label_columns``)."""
+        names = [config.id2label[i] for i in range(len(config.id2label))]
+        rows = [[] if values is None else label_list(v) for v in (values or [None] * len(items))]
+        ids = class_ids([n for r in rows for n in r], names, where, "labels") if any(rows) else []
+        out, start = [], 0
+        for r in rows:
+            hot = [0.0] * len(names)
+            for j in ids[start:start + len(r)]:
+                hot[j] = 1.0
+            out.append(hot)
+            start += len(r)
+        return out
+
+    def predict_rows(self, model, batch: dict, config, items: list, threshold: float | None = None) -> list[dict]:
+        """Per input: ``labels`` (the names at the saved threshold, or ``threshold``) and ``scores`` (label name ->
+        sigmoid probability)."""
+        from types import SimpleNamespace
+
+        logits = logits_of(model, batch)
+        at = config if threshold is None else SimpleNamespace(id2label=config.id2label, threshold=threshold)
+        names = [config.id2label[i] for i in range(logits.shape[-1])]
+        return [{"labels": on, "scores": dict(zip(names, p, strict=True))}
+                for on, p in zip(self.outputs(logits, at), torch.sigmoid(logits).tolist(), strict=True)]
 
     def pipeline_tag(self, modality: str) -> str:
         return {"vision": "image-classification", "speech": "audio-classification"}.get(modality,
                                                                                         "text-classification")
+
+
+def label_list(value) -> list:
+    """The label names of one cell of a labelled file: a list, a dict of 0/1 columns, a JSON list, ``a;b``."""
+    import json
+
+    if isinstance(value, dict):
+        return [k for k, v in value.items() if str(v).strip() in ("1", "1.0", "True", "true")]
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    text = "" if value is None else str(value).strip()
+    if text.startswith("["):
+        try:
+            return [str(v) for v in json.loads(text)]
+        except ValueError:
+            pass
+    return [t.strip() for t in text.split(";") if t.strip()]
 
 
 def _per_label(pred: np.ndarray, true: np.ndarray) -> np.ndarray:

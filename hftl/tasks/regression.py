@@ -10,7 +10,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hftl.tasks import build_pooled, modality_collator, only_classification, pooled_model_class, register, resolve_best
+from hftl.tasks import (
+    build_pooled,
+    logits_of,
+    modality_collator,
+    only_classification,
+    pooled_model_class,
+    register,
+    resolve_best,
+)
 
 KEYS = ("rmse", "mae", "pearson", "spearman", "loss")
 
@@ -126,8 +134,44 @@ class Regression:
                 config.target_mean, dtype=torch.float64)
         return values.tolist()
 
+    def targets(self, values, config, items, where: str) -> list:
+        """The targets of each row of a labelled file as floats: a number (one target), a list or JSON list of
+        numbers, or a dict target name -> number (``data.label_columns``); zeros when predicting."""
+        names = [config.id2label[i] for i in range(len(config.id2label))]
+        if values is None:
+            return [[0.0] * len(names) for _ in items]
+        return [_numbers(v, names, f"row {i + 1} of {where}") for i, v in enumerate(values)]
+
+    def predict_rows(self, model, batch: dict, config, items: list, threshold: float | None = None) -> list[dict]:
+        """Per input: ``value``, a number in the targets' units, or target name -> number for several targets."""
+        names = [config.id2label[i] for i in range(len(config.id2label))]
+        values = self.outputs(logits_of(model, batch), config)
+        return [{"value": v[0] if len(v) == 1 else dict(zip(names, v, strict=True))} for v in values]
+
     def pipeline_tag(self, modality: str) -> str:
         return "text-classification"  # the Hub files regression heads (num_labels, problem_type) under it
+
+
+def _numbers(value, names: list[str], where: str) -> list[float]:
+    """One row's targets, ordered as ``names``; DataError naming the row when they are not finite numbers."""
+    import json
+
+    from hftl.data.labels import number
+    from hftl.data.sources import DataError
+
+    if isinstance(value, str) and value.strip().startswith(("[", "{")):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass
+    if isinstance(value, dict):
+        value = [value.get(n) for n in names]
+    cells = list(value) if isinstance(value, (list, tuple)) else [value]
+    out = [number(c) for c in cells]
+    if len(out) != len(names) or any(v is None or not np.isfinite(v) for v in out):
+        raise DataError(f"{where} holds {value!r}: the model predicts {len(names)} number(s) ({names}); give one "
+                        f"finite number per target")
+    return [float(v) for v in out]
 
 
 def _scaled_mse(logits: torch.Tensor, labels: torch.Tensor, config) -> torch.Tensor:

@@ -169,10 +169,7 @@ class Seq2SeqASR:
         logits = base(encoder_outputs=encoded, labels=labels).logits.float()
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=st.IGNORE,
                                                 reduction="none").sum(1)
-        limit = min(MAX_NEW_TOKENS, base.config.max_target_positions - 4)  # room for the decoder's prompt
-        ids = base.generate(encoder_outputs=encoded, max_new_tokens=limit, do_sample=False, num_beams=1)
-        end = torch.full((len(ids), 1), base.config.eos_token_id, dtype=ids.dtype, device=ids.device)
-        return st.pack(nll, (labels != st.IGNORE).sum(1), torch.cat([ids, end], 1))
+        return st.pack(nll, (labels != st.IGNORE).sum(1), _greedy(base, encoded))
 
     def _both(self, outputs: torch.Tensor, labels: torch.Tensor, config) -> tuple[list[str], list[str]]:
         tokenizer = tokenizer_of(config)
@@ -191,5 +188,23 @@ class Seq2SeqASR:
     def outputs(self, outputs: torch.Tensor, config, labels=None) -> list[str]:
         return _texts(st.unpack(outputs)[2], tokenizer_of(config), config.eos_token_id)
 
+    targets = staticmethod(st.targets)
+
+    @torch.no_grad()
+    def predict_rows(self, model, batch: dict, config, items: list, threshold: float | None = None) -> list[dict]:
+        """Per clip: ``text``, its transcript by greedy ``generate`` (as evaluation decodes it)."""
+        base = st.unwrap(model)
+        ids = _greedy(base, base.get_encoder()(batch["input_features"]))
+        return [{"text": t} for t in _texts(ids.tolist(), tokenizer_of(config), config.eos_token_id)]
+
     def pipeline_tag(self, modality: str) -> str:
         return "automatic-speech-recognition"
+
+
+def _greedy(base, encoded) -> torch.Tensor:
+    """Token ids of each clip's greedy transcript from its encoder outputs, each row ended by the end token (a row
+    that stopped at ``MAX_NEW_TOKENS`` gets one)."""
+    limit = min(MAX_NEW_TOKENS, base.config.max_target_positions - 4)  # room for the decoder's prompt
+    ids = base.generate(encoder_outputs=encoded, max_new_tokens=limit, do_sample=False, num_beams=1)
+    end = torch.full((len(ids), 1), base.config.eos_token_id, dtype=ids.dtype, device=ids.device)
+    return torch.cat([ids, end], 1)

@@ -96,6 +96,22 @@ def prepare_transcripts(raw, label: str, cfg, files):
     return DatasetDict(out), label
 
 
+def targets(values, config, items: list, where: str) -> list[str]:
+    """The transcripts of a labelled file as the collator takes them ("" when predicting); DataError naming the rows
+    whose transcript is missing or empty (they would count as nothing to hear)."""
+    from hftl.data.labels import is_missing
+    from hftl.data.sources import DataError
+
+    if values is None:
+        return [""] * len(items)
+    texts = ["" if is_missing(v) else str(v).strip() for v in values]
+    bad = [i + 1 for i, t in enumerate(texts) if not any(c.isalnum() for c in normalize(t))]
+    if bad:
+        raise DataError(f"{where} has {len(bad)} missing or empty transcript(s) (rows {bad[:10]}): write them, or "
+                        f"drop those rows")
+    return texts
+
+
 def pack(loss: torch.Tensor, tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """``[batch, 2 + length]`` floats: each clip's summed loss, its scored tokens, its predicted token ids."""
     return torch.cat([loss.float()[:, None], tokens.float()[:, None], ids.float()], dim=1)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from hftl.tasks import only_classification, register, resolve_best
+from hftl.tasks import class_ids, logits_of, only_classification, register, resolve_best
 
 KEYS = ("precision", "recall", "f1", "accuracy", "loss")
 IGNORE = -100  # labels of positions that are not scored
@@ -58,10 +58,21 @@ class TokenClassification:
             backbone, len(labels), pooling="mean", head_hidden=m.head_hidden, head_dropout=m.head_dropout,
             id2label=dict(enumerate(labels)), name=m.name, revision=m.revision, **self.model_config(splits, cfg))
 
+    reads_words = True  # inputs are word lists: hftl predict splits a text on whitespace, as training's words
+
     def collator(self, processor):
         from transformers import DataCollatorForTokenClassification
 
-        return DataCollatorForTokenClassification(processor, label_pad_token_id=IGNORE)
+        pad = DataCollatorForTokenClassification(processor, label_pad_token_id=IGNORE)
+
+        def collate(rows: list[dict]) -> dict:
+            # rows straight from the tokenizer (hftl predict/evaluate) carry word tags and word_ids: aligned here as
+            # encode_labels aligns a dataset's
+            rows = [{k: v for k, v in r.items() if k not in ("label", "word_ids")} | {
+                "labels": align_tags(r["label"], r["word_ids"])} if "word_ids" in r else r for r in rows]
+            return pad(rows)
+
+        return collate
 
     def prepare_labels(self, raw, label: str, cfg, files):
         """Tags as lists of class ids (``List(ClassLabel)``): "O" first, then the other tags sorted."""
@@ -98,14 +109,7 @@ class TokenClassification:
         from datasets import DatasetDict
 
         def align(batch: dict) -> dict:
-            out = []
-            for tags, ids in zip(batch["label"], batch["word_ids"], strict=True):
-                prev, row = None, []
-                for w in ids:
-                    row.append(IGNORE if w is None or w == prev else tags[w])
-                    prev = w
-                out.append(row)
-            return {"labels": out}
+            return {"labels": [align_tags(t, ids) for t, ids in zip(batch["label"], batch["word_ids"], strict=True)]}
 
         return DatasetDict({k: ds.map(align, batched=True, remove_columns=["label", "word_ids"])
                             for k, ds in encoded.items()})
@@ -156,8 +160,52 @@ class TokenClassification:
         marks = labels if labels is not None else torch.zeros(logits.shape[:2], dtype=torch.long)
         return _tag_lists(logits.argmax(-1), marks, config.id2label)
 
+    def targets(self, values, config, items: list, where: str) -> list:
+        """Tag ids per word of each row of a labelled file (a list of tags, or tags separated by spaces), one per
+        word of its input; "O" (id 0) for every word when predicting. DataError naming a row whose count differs or
+        a tag the model does not know."""
+        from hftl.data.sources import DataError
+
+        if values is None:
+            return [[0] * len(words) for words in items]
+        rows = [v if isinstance(v, (list, tuple)) else str(v).split() for v in values]
+        for i, (tags, words) in enumerate(zip(rows, items, strict=True)):
+            if len(tags) != len(words):
+                raise DataError(f"row {i + 1} of {where} has {len(tags)} tags for {len(words)} words: give one tag "
+                                f"per word (words are split on whitespace)")
+        ids = class_ids([t for r in rows for t in r], [config.id2label[i] for i in range(len(config.id2label))],
+                        where, "tags")
+        out, start = [], 0
+        for r in rows:
+            out.append(ids[start:start + len(r)])
+            start += len(r)
+        return out
+
+    def predict_rows(self, model, batch: dict, config, items: list, threshold: float | None = None) -> list[dict]:
+        """Per input: ``words``, ``tags`` (each word's first sub-token's tag, as in training; words past
+        ``model.max_length`` get none) and ``entities`` (IOB spans: ``type``, ``start`` and ``end`` word, ``text``)."""
+        from seqeval.metrics.sequence_labeling import get_entities
+
+        tags = self.outputs(logits_of(model, batch), config, batch["labels"])
+        out = []
+        for words, row in zip(items, tags, strict=True):
+            spans = [{"type": t, "start": a, "end": b, "text": " ".join(words[a:b + 1])}
+                     for t, a, b in get_entities(list(row))]
+            out.append({"words": list(words), "tags": row, "entities": spans})
+        return out
+
     def pipeline_tag(self, modality: str) -> str:
         return "token-classification"
+
+
+def align_tags(tags: list[int], word_ids: list) -> list[int]:
+    """One label per token from one tag per word: a word's first sub-token gets its tag, its other sub-tokens and
+    the special tokens -100 (not scored)."""
+    prev, row = None, []
+    for w in word_ids:
+        row.append(IGNORE if w is None or w == prev else tags[w])
+        prev = w
+    return row
 
 
 def _tag_lists(ids: torch.Tensor, labels: torch.Tensor, names: dict) -> list[list[str]]:
