@@ -39,6 +39,19 @@ CLASS_TASKS = ("classification", "multi_label")  # their splits are stratified b
 AUTO_BY_TASK = {"token_classification": "AutoModelForTokenClassification", "ctc": "AutoModelForCTC",
                 "seq2seq_asr": "AutoModelForSpeechSeq2Seq", "detection": "AutoModelForObjectDetection"}
 PLAIN_TASKS = ("ctc", "seq2seq_asr", "detection")
+PRINTS = {  # what hftl predict prints per input, per task (hftl.inference)
+    "classification": "the label, its score and every label's score",
+    "multi_label": "the labels at the tuned threshold and every label's probability",
+    "regression": "the predicted value(s), in the targets' units",
+    "token_classification": "the words, a tag per word and the entities",
+    "ctc": "the transcript", "seq2seq_asr": "the transcript",
+    "detection": "the objects: label, score and box in pixels",
+}
+CAVEATS = {  # what a user of the plain loaders must do that hftl does for them
+    "multi_label": "The logits are per label: apply a sigmoid and keep the labels at or above `config.threshold`.",
+    "regression": "The outputs are standardised: multiply by `config.target_std` and add `config.target_mean` (the "
+                  "pipeline does not).",
+}
 _LIBRARIES = ("hftl", "torch", "transformers", "peft", "accelerate", "datasets")
 
 
@@ -118,7 +131,8 @@ def _use(modality: str, adapter: bool, task: str = "classification", tag: str | 
     if task in PLAIN_TASKS:  # a transformers model of its own kind: its own code, no trust_remote_code
         peft_note = (" An adapter loads onto its base with peft's `PeftModel.from_pretrained(base, PATH_OR_REPO_ID)`."
                      if adapter else "")
-        return f"""From the command line (one line per input; `--format table` for a table):
+        return f"""From the command line ({PRINTS.get(task, "the prediction")}, one JSON line per input;
+`--format table` for a table):
 ```bash
 hftl predict PATH_OR_REPO_ID {example["cli"]}
 ```
@@ -138,7 +152,8 @@ from peft import AutoPeft{auto.removeprefix("Auto")}
 model = AutoPeft{auto.removeprefix("Auto")}.from_pretrained("PATH_OR_REPO_ID", trust_remote_code=True)
 ```
 """ if adapter and auto == "AutoModelForSequenceClassification" else "")
-    return f"""From the command line (labels and scores, one line per input; `--format table` for a table):
+    return f"""From the command line ({PRINTS.get(task, PRINTS["classification"])}, one JSON line per input;
+`--format table` for a table):
 ```bash
 hftl predict PATH_OR_REPO_ID {example["cli"]}
 ```
@@ -154,7 +169,7 @@ from transformers import pipeline
 run = pipeline("{tag}", model="PATH_OR_REPO_ID", trust_remote_code=True)
 print(run({example["py"]}))
 ```
-or `transformers.{auto}.from_pretrained("PATH_OR_REPO_ID", trust_remote_code=True)`.
+or `transformers.{auto}.from_pretrained("PATH_OR_REPO_ID", trust_remote_code=True)`. {CAVEATS.get(task, "")}
 {peft}"""
 
 

@@ -36,4 +36,6 @@ def test_card_says_what_the_task_does_and_how_to_load_it(task, tmp_path):
     assert "classifier" not in text.lower() and (task in ("classification", "multi_label")) == ("stratified" in text)
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["pipeline_tag"] == facts["pipeline_tag"] == meta["model-index"][0]["results"][0]["task"]["type"]
+    if task in ("multi_label", "regression"):  # what hftl does that a plain loader's user must do
+        assert {"multi_label": "config.threshold", "regression": "config.target_std"}[task] in card
     assert str(tmp_path) not in scrub_paths(card)  # a local path is never written into what is pushed
