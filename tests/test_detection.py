@@ -265,7 +265,7 @@ def test_run_saves_map_picture_and_loads_back(detr, placed, tmp_path, strategy):
     assert numbers_only(saved), saved  # strict numbers, as every recipe's metrics.json
     card = (run / "README.md").read_text()
     assert "find objects of 3 classes" in " ".join(card.split())
-    assert "trust_remote_code" not in card and "classif" not in card
+    assert "trust_remote_code=True" not in card and "classification" not in card and "classifies" not in card
     assert {"map", "map_50", "map_75", "loss"} <= set(saved["test"]) and "ap_0" in saved["history"][0]["validation"]
     assert saved["data"]["skipped"]["train"]["corrupt_images"] == 0 and "augment_dropped_boxes" in \
         saved["data"]["skipped"]["train"]

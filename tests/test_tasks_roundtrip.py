@@ -209,6 +209,8 @@ def outside(built, tmp_path_factory) -> dict:
             else:
                 jobs.append({"name": f"{case}/full/untrusted", "source": model_dir, "kind": "untrusted",
                              "auto": auto, "batch": batch})
+        # the refusals first: once a process has loaded hftl's code with consent, transformers keeps the class
+        jobs.sort(key=lambda job: job["kind"] != "untrusted")
         plain = _child(PLAIN, jobs, root / "plain", hub.client_env(home=root / "plain-home"))
         files = {(c, s): hub.files(_repo(c, s)) for (c, s) in built}
     return {"by_id": by_id, "plain": plain, "files": files}
