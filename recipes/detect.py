@@ -13,6 +13,7 @@ README.md), with predictions.jsonl (boxes per test image) and predictions.png (p
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 
@@ -40,7 +41,9 @@ def main(cfg: Config) -> dict:
 
 def _loaders(data, processor, cfg: Config, accelerator):
     """Train (augmented unless data.augment=false), validation and test loaders, and the train dataset."""
-    train = DetectionDataset(data.splits["train"], processor, augment=cfg.data.augment, seed=cfg.train.seed)
+    train = DetectionDataset(data.splits["train"], processor, augment=cfg.data.augment, seed=cfg.train.seed,
+                             epochs=math.ceil(cfg.train.epochs))
+    accelerator.register_for_checkpointing(train)  # its counts of boxes the augmentation dropped: resume goes on
     collate = get_task("detection").collator(processor)
     loader = hftl.make_loader(train, train_batch(cfg.train, accelerator), collate, shuffle=True, seed=cfg.train.seed,
                               group=False, num_workers=cfg.train.num_workers)
@@ -74,7 +77,8 @@ def _main(cfg: Config, accelerator, run: RunDir, task) -> dict:
     from hftl.metrics._detection import coco_map
 
     test = {**coco_map(truth, preds, data.names), "loss": loss}
-    skipped = {k: {**v, **({"augment_dropped_boxes": train_set.dropped} if k == "train" else {})}
+    dropped = train_set.total_dropped()  # over every process
+    skipped = {k: {**v, **({"augment_dropped_boxes": dropped} if k == "train" else {})}
                for k, v in data.skipped.items()}
     metrics = {
         "test": test,

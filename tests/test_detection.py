@@ -4,6 +4,11 @@ data checks before compute, the detector's new class head, strategies, and a tin
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from same_run import assert_same_run, saved_weights
 
 import hftl
 from hftl.config import ConfigError, StrategyConfig
@@ -27,7 +33,9 @@ from hftl.metrics._detection import coco_map
 from hftl.tasks import get_task
 from hftl.tasks.detection import apply_strategy, detect, load_detector
 from hftl.testing import numbers_only, tiny_detector
+from hftl.train import KILL_ENV, last_checkpoint
 
+ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["0", "1", "2"]
 
 
@@ -94,6 +102,35 @@ def test_augmentation_counts_boxes_pushed_out(tmp_path):
         item = ds[0]
         assert len(item["labels"]["class_labels"]) == len(item["labels"]["boxes"]) <= 2
     assert ds.dropped > 0
+
+
+def test_augmentation_is_the_epochs_and_its_counts_survive_a_resume(tmp_path):
+    """A row is augmented by (seed, row, epoch, draw in the epoch): a new dataset set to the epoch draws it alike.
+    The counts of dropped boxes go into checkpoints (state_dict): a run stopped after drawing a row of epoch 5 (as a
+    loader prefetches) and resumed, which draws that row again, counts what the run never stopped counted."""
+    boxes = [[0, 0, 3, 3], [61, 61, 3, 3], [20, 20, 9, 9]]  # two in corners: crops push them out
+    rows = [{"image": Image.new("RGB", (64, 64)), "image_id": k, "boxes": boxes, "labels": [0, 1, 0]}
+            for k in range(3)]
+    processor = hftl.load_processor(tiny_detector(tmp_path / "d"))
+    make = lambda: DetectionDataset(rows, processor, augment=True, seed=5, epochs=8)  # noqa: E731
+    whole, stopped = make(), make()
+    seen = {}
+    for epoch in range(8):
+        whole.set_epoch(epoch)
+        seen[epoch] = [whole[i]["labels"]["boxes"] for i in range(3)]
+    assert whole.dropped > 0 and whole.drop_counts.sum(1).gt(0).sum() > 1  # several epochs drop boxes
+    assert any(not torch.equal(seen[0][0], seen[e][0]) for e in range(1, 8))  # epochs differ
+    for epoch in range(6):
+        stopped.set_epoch(epoch)
+        for i in range(3 if epoch < 5 else 2):  # killed mid-epoch 5, row 1 (2 boxes dropped) already drawn
+            stopped[i]
+    resumed = make()
+    resumed.load_state_dict(stopped.state_dict())
+    for epoch in range(5, 8):
+        resumed.set_epoch(epoch)
+        for i in range(1 if epoch == 5 else 0, 3):
+            assert torch.equal(resumed[i]["labels"]["boxes"], seen[epoch][i])
+    assert resumed.total_dropped() == whole.total_dropped()
 
 
 # -- COCO mAP against AP worked out by hand ---------------------------------------------------------------------------
@@ -307,3 +344,136 @@ def test_true_boxes_as_outputs_score_map_one(detr, placed):
 def test_yolos_auxiliary_loss_is_turned_off_before_compute(tmp_path, capsys):
     model = load_detector(tiny_detector(tmp_path / "y", kind="yolos", aux_loss=True), LABELS)
     assert model.config.auxiliary_loss is False and "auxiliary_loss turned off" in capsys.readouterr().out
+
+
+# -- 2 processes against 1; SIGKILL and resume (as tests/test_tasks_roundtrip.py and tests/test_asr.py do) ----------
+@pytest.fixture(scope="module")
+def placed24(tmp_path_factory) -> dict:
+    """24 train canvases (augmented in training), 8 validation, 8 test, of 3 digit classes."""
+    from hftl.data.placed import placed_objects
+
+    return placed_objects(tmp_path_factory.mktemp("placed24") / "data", classes=LABELS,
+                          counts={"train": 24, "validation": 8, "test": 8}, seed=1)
+
+
+def _run_args(model: str, placed: dict, out, *extra: str) -> list[str]:
+    return ["task.name=detection", f"model.name={model}", f"data.name={placed['train']}",
+            f"data.splits={json.dumps(placed)}", "strategy.name=full", "train.epochs=2", "train.batch_size=8",
+            "train.eval_batch_size=8", "train.lr=1e-3", "train.metric_for_best=loss", "train.report_to=none",
+            f"output_dir={out}", *extra]  # best by loss: the weights saved are the last epoch's (mAP is 0 this early)
+
+
+def test_two_processes_match_one(tmp_path, placed24):
+    """The same run on 1 and on 2 CPU processes (accelerate launch, DDP over gloo): the same losses per epoch and on
+    test, the same predicted boxes and scores, weights and count of boxes the augmentation dropped. The detector
+    without dropout (no random numbers drawn while training); augmentation on: it is seeded by the row and the epoch,
+    whichever process draws the row. Without hftl's correction of transformers' DETR loss on N processes
+    (``ProcessCountFree``) the 2-process losses are 1.8 times the 1-process ones."""
+    from hftl.recipes.finetune import main
+
+    model = tiny_detector(tmp_path / "still", labels=["a", "b"], dropout=0.0)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "recipes" / "accelerate" / "cpu-ddp-2.yaml"), str(ROOT / "recipes" / "finetune.py"),
+           *_run_args(model, placed24, tmp_path / "two")]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    assert "effective batch 8 = 4 per process x 2 processes" in out.stdout
+    one = main(hftl.load_config(None, _run_args(model, placed24, tmp_path / "one")))
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    # Losses: the same sums in another order (1e-7 seen). Weights: Adam moves each entry by about lr whatever its
+    # gradient's size, so an entry whose gradient is at rounding level (1e-9) may move either way: a few hundred of
+    # 100k entries differ by up to 1e-4 (lr 1e-3, 6 steps); all the others agree to 1e-5.
+    assert_same_run(one, two, tmp_path / "one", tmp_path / "two", rtol=1e-5, atol=1e-6, weight_atol=1e-3)
+    weights = [saved_weights(tmp_path / d) for d in ("one", "two")]
+    apart = sum(int(((weights[0][k] - weights[1][k]).abs() > 1e-5).sum()) for k in weights[0])
+    assert apart < 0.01 * sum(w.numel() for w in weights[0].values())
+    assert two["data"]["skipped"] == one["data"]["skipped"]  # boxes the augmentation dropped: over both processes
+    rows = [[json.loads(r) for r in (tmp_path / d / "predictions.jsonl").read_text().splitlines()]
+            for d in ("one", "two")]
+    assert [r["image_id"] for r in rows[1]] == [r["image_id"] for r in rows[0]]  # gathered in order, no repeats
+    for a, b in zip(*rows, strict=True):
+        np.testing.assert_allclose(sorted(b["predicted"]["scores"]), sorted(a["predicted"]["scores"]), atol=1e-3)
+        np.testing.assert_allclose(sorted(b["predicted"]["boxes"]), sorted(a["predicted"]["boxes"]), atol=0.05)
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(detr, tmp_path, placed24):
+    """24 augmented train canvases in batches of 4: 6 steps per epoch, 12 in all; checkpoints at steps 4 and 8
+    (train.checkpoint_every=4) and at the epoch ends 6 and 12. Killed at step 9, resumed from step 8 (mid-epoch 2) with
+    train.resume=true: the same history, test mAP, weights and count of boxes the augmentation dropped as the run
+    never killed (dropout on: the RNG states come back; the augmentation of epoch 2 is epoch 2's)."""
+    from hftl.recipes.finetune import main
+
+    args = lambda out: _run_args(detr, placed24, out, "train.batch_size=4", "train.checkpoint_every=4")  # noqa: E731
+    reference = main(hftl.load_config(None, args(tmp_path / "reference")))
+    assert reference["train"]["steps"] == 12
+    killed = subprocess.run([sys.executable, str(ROOT / "recipes" / "finetune.py"), *args(tmp_path / "killed")],
+                            env={**os.environ, KILL_ENV: "step-9"}, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not (tmp_path / "killed" / "metrics.json").exists()
+    assert last_checkpoint(tmp_path / "killed" / "checkpoints").name == "step-00000008"
+    resumed = main(hftl.load_config(None, [*args(tmp_path / "killed"), "train.resume=true"]))
+    assert_same_run(reference, resumed, tmp_path / "reference", tmp_path / "killed", rtol=1e-6, atol=1e-7)
+    assert resumed["data"]["skipped"] == reference["data"]["skipped"]
+
+
+HALVES = r"""
+import json, sys
+import torch
+import torch.distributed as dist
+from accelerate import PartialState
+
+import hftl
+from hftl.config import DataConfig
+from hftl.data.detection import DetectionDataset, detection_collator, load_detection
+from hftl.tasks.detection import load_detector
+
+placed, out = json.loads(sys.argv[1]), {}
+data = load_detection(DataConfig(name=placed["train"], splits=placed))
+torch.manual_seed(0)  # the new class heads: the same on both processes, as hftl.set_seed makes them in a run
+models = {kind: load_detector(path, ["0", "1", "2"], log_fn=lambda *a: None) for kind, path in json.loads(sys.argv[2])}
+for kind, model in models.items():  # the whole batch, before any process group: the loss of one process
+    ds = DetectionDataset(data.splits["train"], hftl.load_processor(dict(json.loads(sys.argv[2]))[kind]))
+    batch = detection_collator([ds[i] for i in range(8)])
+    loss = model(**batch).loss
+    loss.backward()
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in model.parameters()]
+    out[kind] = {"whole": float(loss.detach()), "grads": grads, "batch": batch}
+state = PartialState(cpu=True)  # gloo: as hftl's runs on N processes
+rank, n = state.process_index, state.num_processes
+for kind, model in models.items():
+    model.zero_grad()
+    batch = out[kind].pop("batch")
+    part = slice(rank * 4, (rank + 1) * 4)
+    half = {"pixel_values": batch["pixel_values"][part], "pixel_mask": batch["pixel_mask"][part],
+            "labels": batch["labels"][part]}
+    loss = model(**half).loss
+    loss.backward()
+    total = loss.detach().clone()
+    dist.all_reduce(total)
+    apart = []  # gradients that are zero but for rounding (attention key biases: softmax ignores them) pass by atol
+    for (name, p), g in zip(model.named_parameters(), out[kind].pop("grads")):
+        mean = torch.zeros_like(p) if p.grad is None else p.grad.clone()
+        dist.all_reduce(mean)  # DDP's mean of gradients
+        if float((mean / n - g).abs().max()) > 1e-5 * float(g.abs().max()) + 1e-9:  # float32 sums, reordered
+            apart.append(name)
+    out[kind].update(halves=float(total) / n, apart=apart)
+if rank == 0:
+    print("RESULT " + json.dumps(out))
+"""
+
+
+def test_loss_and_gradient_of_a_batch_split_over_two_processes_are_the_whole_batchs(tmp_path, placed24):
+    """transformers' detection losses on N processes normalise by a box count N times too small (DETR, YOLOS,
+    Conditional DETR) and DETR's and YOLOS's class loss by each process's own queries: hftl's ``ProcessCountFree``
+    makes the mean of the halves' losses and gradients (what DDP takes) the whole batch's, for each family."""
+    paths = [[kind, tiny_detector(tmp_path / kind, kind=kind)] for kind in ("detr", "yolos", "conditional_detr")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(tmp_path / "halves.py"), json.dumps(placed24), json.dumps(paths)]
+    (tmp_path / "halves.py").write_text(HALVES)
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    got = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    for kind, r in got.items():
+        assert r["halves"] == pytest.approx(r["whole"], rel=1e-5), kind
+        assert r["apart"] == [], kind

@@ -282,27 +282,77 @@ def augment(image, boxes: np.ndarray, rng: np.random.Generator, flip: bool = Tru
 
 class DetectionDataset:
     """Rows encoded one at a time by the detector's image processor (``pixel_values``, ``labels`` with normalised
-    ``boxes`` and ``class_labels``), augmented when ``augment`` (seeded by ``seed``, the row and how often it was
-    drawn, so every epoch differs and a rerun repeats). ``dropped``: boxes the augmentation pushed out of the image."""
+    ``boxes`` and ``class_labels``), augmented when ``augment``: seeded by ``seed``, the row, the epoch (``set_epoch``,
+    which accelerate's loader calls) and how often the row was drawn in that epoch. So every epoch differs, a rerun
+    repeats, a row is augmented alike whichever process draws it, and a run resumed mid-epoch draws what the run
+    never stopped drew.
+
+    ``drop_counts[epoch, row]``: boxes the augmentation pushed out of the image (a row's first draw in an epoch sets
+    its count, later draws add). The epoch and the counts live in shared memory (loader workers see ``set_epoch``,
+    the main process sees their counts); ``total_dropped`` adds them up over processes, and ``state_dict`` puts them
+    in checkpoints (``accelerator.register_for_checkpointing``): the count of a resumed run is the uninterrupted one's.
+    """
 
     column_names = ["image", "objects"]  # for hftl.train.make_loader: no "length" column
 
-    def __init__(self, rows: list[dict], processor, augment: bool = False, seed: int = 0, flip: bool = True):
+    def __init__(self, rows: list[dict], processor, augment: bool = False, seed: int = 0, flip: bool = True,
+                 epochs: int = 1):
+        import torch
+
         self.rows, self.processor, self.augment, self.seed, self.flip = rows, processor, augment, seed, flip
-        self.draws = [0] * len(rows)
-        self.dropped = 0
+        self._epoch = torch.zeros(1, dtype=torch.long).share_memory_()
+        self._draws = torch.zeros(len(rows), dtype=torch.long).share_memory_()  # per row: one worker owns a row
+        self.drop_counts = torch.zeros(max(1, epochs), len(rows), dtype=torch.long).share_memory_()
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def set_epoch(self, epoch: int) -> None:
+        import torch
+
+        if epoch >= len(self.drop_counts):  # more epochs than announced: workers started already keep the old table
+            more = torch.zeros(epoch + 1 - len(self.drop_counts), len(self.rows), dtype=torch.long)
+            self.drop_counts = torch.cat([self.drop_counts, more]).share_memory_()
+        if epoch != int(self._epoch[0]):
+            self._epoch[0] = epoch
+            self._draws.zero_()
+
+    @property
+    def dropped(self) -> int:
+        """Boxes the augmentation dropped on this process."""
+        return int(self.drop_counts.sum())
+
+    def _combined(self):
+        import torch
+        import torch.distributed as dist
+
+        counts = self.drop_counts.clone()
+        if dist.is_available() and dist.is_initialized():  # a row's draw in an epoch is on one process (and a
+            dist.all_reduce(counts, op=dist.ReduceOp.MAX)  # redraw after a resume counts the same): max, not sum
+        return counts if counts.device.type == "cpu" else torch.as_tensor(counts, device="cpu")
+
+    def total_dropped(self) -> int:
+        """Boxes the augmentation dropped, over every process (every process must call it)."""
+        return int(self._combined().sum())
+
+    def state_dict(self) -> dict:
+        return {"drop_counts": self._combined()}
+
+    def load_state_dict(self, state: dict) -> None:
+        counts = state["drop_counts"]
+        if len(counts) > len(self.drop_counts):
+            self.set_epoch(len(counts) - 1)
+        self.drop_counts[: len(counts)] = counts
 
     def __getitem__(self, i: int) -> dict:
         row = self.rows[i]
         image, boxes, labels = open_image(row["image"]), np.asarray(row["boxes"]).reshape(-1, 4), list(row["labels"])
         if self.augment:
-            rng = np.random.default_rng((self.seed, i, self.draws[i]))
-            self.draws[i] += 1
+            epoch, draw = int(self._epoch[0]), int(self._draws[i])
+            rng = np.random.default_rng((self.seed, i, epoch, draw))
+            self._draws[i] += 1
             image, boxes, kept = augment(image, boxes, rng, flip=self.flip)
-            self.dropped += int((~kept).sum())
+            self.drop_counts[epoch, i] = int((~kept).sum()) + (int(self.drop_counts[epoch, i]) if draw else 0)
             boxes, labels = boxes[kept], [c for c, k in zip(labels, kept, strict=True) if k]
         annotations = {"image_id": row["image_id"], "annotations": [
             {"bbox": list(map(float, b)), "category_id": int(c), "area": float(b[2] * b[3]), "iscrowd": 0}

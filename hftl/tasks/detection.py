@@ -85,7 +85,60 @@ def load_detector(name: str, labels: list[str], *, revision: str = "main", trust
         model.config.auxiliary_loss = False
         log_fn("YOLOS: auxiliary_loss turned off (transformers' YOLOS fails on it: no hidden states to read)")
     model.config.task = "detection"
+    process_count_free(model)  # the same loss on 1 or N processes
     return model
+
+
+# How transformers 5.24's detection losses normalise on N processes, by loss function: ImageLoss.forward (DETR,
+# YOLOS, Conditional and Deformable DETR) divides the box losses by the box count all-reduced with accelerate's
+# *mean* and then by N again (N times too small: box losses N times too large); DETR's and YOLOS's class loss
+# (True here) is a cross-entropy weighted by class ("no object" at config.eos_coefficient), averaged over the
+# process's own queries only. tests/test_detection.py checks 1 against 2 processes.
+WEIGHTED_CE = {"ForObjectDetectionLoss": True, "DeformableDetrForObjectDetectionLoss": False}
+
+
+class ProcessCountFree:
+    """A detector's ``loss_function`` wrapped so that its loss, and so the step's gradient, is the same on 1 or N
+    processes: each process's loss is its share of the whole batch's (box losses over the boxes of all processes,
+    the class loss over the class weights of all queries of all processes), which DDP's mean of gradients adds up.
+    One all-reduce of two numbers per forward with labels on N processes; on one process the loss is untouched.
+    ``loss_dict`` keeps the family's per-process values (informative only)."""
+
+    def __init__(self, loss_fn, weighted_ce: bool):
+        self.loss_fn, self.weighted_ce = loss_fn, weighted_ce
+
+    def __call__(self, logits, labels, device, pred_boxes, config, *args, **kwargs):
+        loss, parts, aux = self.loss_fn(logits, labels, device, pred_boxes, config, *args, **kwargs)
+        import torch.distributed as dist
+        from accelerate import PartialState
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return loss, parts, aux
+        n, queries = dist.get_world_size(), logits.shape[1]
+        boxes = [min(len(t["class_labels"]), queries) for t in labels]  # each matched to one query
+        eos = getattr(config, "eos_coefficient", 0.1)
+        local = torch.tensor([sum(boxes), sum(b + (queries - b) * eos for b in boxes)], dtype=torch.float64,
+                             device=logits.device)
+        total = local.clone()
+        dist.all_reduce(total)
+        reduced = PartialState._shared_state != {}  # transformers reduces (as above) only under accelerate's state
+        used = max(float(total[0]) / n / n, 1.0) if reduced else max(float(local[0]), 1.0)
+        box = used / max(float(total[0]) / n, 1.0)
+        if not self.weighted_ce:
+            return loss * box, parts, aux
+        ce = sum(v for k, v in parts.items() if k == "loss_ce" or k.startswith("loss_ce_"))  # weight 1
+        return (loss - ce) * box + ce * float(local[1] * n / total[1]), parts, aux
+
+
+def process_count_free(model: nn.Module) -> bool:
+    """Wrap ``model.loss_function`` in ``ProcessCountFree`` when its family's normalisation is known (WEIGHTED_CE);
+    whether it was."""
+    fn = model.loss_function
+    name = getattr(fn, "__name__", "")
+    if isinstance(fn, ProcessCountFree) or name not in WEIGHTED_CE:
+        return isinstance(fn, ProcessCountFree)
+    model.loss_function = ProcessCountFree(fn, WEIGHTED_CE[name])
+    return True
 
 
 def _backbone_parts(model: nn.Module, freeze_layers: int) -> list[tuple[str, nn.Module]]:
