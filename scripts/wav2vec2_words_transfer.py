@@ -18,7 +18,8 @@
    human speech; ``--arms "whisper encoder (linear_probe)" "whisper encoder (lora)"``), probed and adapted with LoRA
    on the same clips. Test: the target's test speakers, every digit.
 Writes ``<out>/results.json`` (accuracy per seed, mean and sd, trainable parameters and train seconds per arm)
-and ``<out>/transfer.png``. About 20 minutes on one CPU thread (5 of them the source); finished runs are reused.
+and ``<out>/transfer.png``. About 20 minutes on one CPU thread for the wav2vec2 arms (5 of them the source), about
+20 more for the two Whisper arms (a 30 s window per clip); finished runs are reused.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ ARMS = {  # name -> (start: scratch | source | whisper, strategy, extra override
     "source words (freeze_n, 2 of 3 layers)": ("source", "freeze_n", ["strategy.freeze_layers=2"]),
     "source words (lora)": ("source", "lora", ["train.lr=3e-3"]),
     "source words (linear_probe)": ("source", "linear_probe", []),
-    # Whisper tiny.en's encoder (7.6M parameters; every clip padded to its 30 s window, so ~0.5 s of CPU per clip
+    # Whisper tiny.en's encoder (8.2M parameters; every clip padded to its 30 s window, so ~0.5 s of CPU per clip
     # forward): a probe of its mean-pooled features, and LoRA (q/v projections) with the head, 5 epochs
     "whisper encoder (linear_probe)": ("whisper", "linear_probe", []),
     "whisper encoder (lora)": ("whisper", "lora", ["train.lr=3e-3", "train.epochs=5", "train.eval_batch_size=8"]),
