@@ -186,8 +186,23 @@ def ensure_pad_token(processor, name: str = "the model", quiet: bool = False):
                              f"give model.name a model whose tokenizer has one")
 
 
+def _reads_tokens(name: str, kwargs: dict) -> bool:
+    """Whether the model (a run of ours: its backbone) reads token ids, by its base class's ``main_input_name``;
+    True when that cannot be told (the tokenizer is then tried first, as for any text model)."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    try:
+        config = AutoConfig.from_pretrained(name, **kwargs)
+        if config.model_type == "hftl":
+            config = config.backbone_config
+        return MODEL_MAPPING[type(config)].main_input_name == "input_ids"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return True
+
+
 def load_processor(name: str, revision: str = "main", trust_remote_code: bool = False):
-    """The tokenizer, image processor or feature extractor that goes with a model.
+    """The tokenizer, image processor or feature extractor that goes with a model: for a model that reads pixels or
+    audio, its image processor or feature extractor even where the repository also ships a tokenizer (Whisper).
 
     A tokenizer without a pad token pads with its eos token (``ensure_pad_token``). Raises ModelNotFoundError
     (or ConfigError for code that needs ``model.trust_remote_code=true``) when none loads.
@@ -195,7 +210,10 @@ def load_processor(name: str, revision: str = "main", trust_remote_code: bool = 
     from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoProcessor, AutoTokenizer
 
     kwargs = resolve(name, revision, trust_remote_code)
-    for auto in (AutoTokenizer, AutoImageProcessor, AutoFeatureExtractor, AutoProcessor):
+    order = (AutoTokenizer, AutoImageProcessor, AutoFeatureExtractor, AutoProcessor)
+    if not _reads_tokens(name, kwargs):  # Whisper's repo ships a tokenizer too, but its encoder reads log-mel features
+        order = (AutoImageProcessor, AutoFeatureExtractor, AutoTokenizer, AutoProcessor)
+    for auto in order:
         try:
             processor = auto.from_pretrained(name, **kwargs)
         except (OSError, ValueError, KeyError, TypeError):

@@ -14,10 +14,12 @@
 4. Target: for each seed, ``k`` labelled clips per digit (a different stratified draw per seed, from the target's
    train speakers): the same architecture from scratch (``full``; and a probe of its random features), the
    source model fine-tuned (``full``), with its feature encoder and first 2 of 3 layers frozen (``freeze_n``),
-   adapted with LoRA and probed (``linear_probe``). Test: the target's test
-   speakers, every digit.
+   adapted with LoRA and probed (``linear_probe``); and Whisper tiny.en's encoder (real pretrained weights, trained on
+   human speech; ``--arms "whisper encoder (linear_probe)" "whisper encoder (lora)"``), probed and adapted with LoRA
+   on the same clips. Test: the target's test speakers, every digit.
 Writes ``<out>/results.json`` (accuracy per seed, mean and sd, trainable parameters and train seconds per arm)
-and ``<out>/transfer.png``. About 20 minutes on one CPU thread (5 of them the source); finished runs are reused.
+and ``<out>/transfer.png``. About 20 minutes on one CPU thread for the wav2vec2 arms (5 of them the source), about
+20 more for the two Whisper arms (a 30 s window per clip); finished runs are reused.
 """
 
 from __future__ import annotations
@@ -36,14 +38,20 @@ ROOT = Path(__file__).parent.parent
 CONFIGS = ROOT / "recipes" / "configs" / "speech"
 SOURCE_WORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
 TARGET_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-ARMS = {  # name -> (start from the source model?, strategy, extra overrides)
-    "scratch (full)": (False, "full", []),
-    "scratch (linear_probe)": (False, "linear_probe", []),
-    "source words (full)": (True, "full", []),
-    "source words (freeze_n, 2 of 3 layers)": (True, "freeze_n", ["strategy.freeze_layers=2"]),
-    "source words (lora)": (True, "lora", ["train.lr=3e-3"]),
-    "source words (linear_probe)": (True, "linear_probe", []),
+WHISPER = "openai/whisper-tiny.en"
+ARMS = {  # name -> (start: scratch | source | whisper, strategy, extra overrides)
+    "scratch (full)": ("scratch", "full", []),
+    "scratch (linear_probe)": ("scratch", "linear_probe", []),
+    "source words (full)": ("source", "full", []),
+    "source words (freeze_n, 2 of 3 layers)": ("source", "freeze_n", ["strategy.freeze_layers=2"]),
+    "source words (lora)": ("source", "lora", ["train.lr=3e-3"]),
+    "source words (linear_probe)": ("source", "linear_probe", []),
+    # Whisper tiny.en's encoder (8.2M parameters; every clip padded to its 30 s window, so ~0.5 s of CPU per clip
+    # forward): a probe of its mean-pooled features, and LoRA (q/v projections) with the head, 5 epochs
+    "whisper encoder (linear_probe)": ("whisper", "linear_probe", []),
+    "whisper encoder (lora)": ("whisper", "lora", ["train.lr=3e-3", "train.epochs=5", "train.eval_batch_size=8"]),
 }
+RUN_TAG = {"scratch": "0", "source": "1", "whisper": "whisper"}  # run folder names (0/1 as before the Whisper arms)
 
 
 def espeak_words():
@@ -136,7 +144,12 @@ def run_once(config: str, overrides: list[str], folder: Path) -> dict:
         entry = json.loads(line)
         if entry["key"] == key:
             return entry["metrics"]
+    import os
+    import time
+
+    load, start = os.getloadavg()[0], time.perf_counter()
     metrics = run(config, overrides)
+    metrics["wall"] = {"seconds": time.perf_counter() - start, "load_before": load, "load_after": os.getloadavg()[0]}
     with open(done, "a") as f:
         f.write(json.dumps({"key": key, "metrics": metrics}) + "\n")
     return metrics
@@ -157,6 +170,7 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
             "trainable_params": metrics[0]["train"]["trainable_params"],
             "total_params": metrics[0]["train"]["total_params"],
             "train_seconds": statistics.mean(m["train"]["seconds"] for m in metrics),
+            **({"wall": [m["wall"] for m in metrics]} if all("wall" in m for m in metrics) else {}),
         }
     return out
 
@@ -169,7 +183,7 @@ def plot(arms: dict, path: Path, title: str, xlabel: str) -> None:
 
     names = list(arms)
     fig, ax = plt.subplots(figsize=(8, 0.6 * len(names) + 1.2))
-    colours = ["#999" if n.startswith("scratch") else "#2a7" for n in names]
+    colours = ["#999" if n.startswith("scratch") else "#37c" if n.startswith("whisper") else "#2a7" for n in names]
     ax.barh(names, [arms[n]["mean"] for n in names], xerr=[arms[n]["sd"] for n in names], color=colours)
     for i, n in enumerate(names):
         ax.plot(arms[n]["accuracy"], [i] * len(arms[n]["accuracy"]), "k.")
@@ -185,26 +199,28 @@ def main(out: Path, seeds: list[int], k: int = 5, arms: list[str] | None = None)
     out.mkdir(parents=True, exist_ok=True)
     counts = make_data(out / "data")
     inits = {s: tiny_wav2vec2(out / f"w2v2-tiny-init-{s}", s) for s in seeds}
-    source = out / "source"
-    if not (is_complete(source) or not is_run(source) and (source / "model" / "config.json").exists()):
+    source, arms = out / "source", arms or list(ARMS)
+    needs_source = any(ARMS[name][0] == "source" for name in arms)
+    trained = is_complete(source) or not is_run(source) and (source / "model" / "config.json").exists()
+    if needs_source and not trained:
         run(
             "wav2vec2-tiny-words-source-full.yaml",
             [f"model.name={inits[seeds[0]]}", f"output_dir={source}", *splits(out / "data" / "source")],
         )
-    source_metrics = json.loads((source / "metrics.json").read_text())
+    source_metrics = json.loads((source / "metrics.json").read_text()) if needs_source else None
     runs: dict[str, list[dict]] = {}
-    for name in arms or list(ARMS):
-        transfer, strategy, extra = ARMS[name]
+    for name in arms:
+        start, strategy, extra = ARMS[name]
         runs[name] = []
         for seed in seeds:
-            model = source / "model" if transfer else inits[seed]
+            model = {"source": source / "model", "scratch": inits[seed], "whisper": WHISPER}[start]
             overrides = [
                 f"model.name={model}",
                 f"strategy.name={strategy}",
                 f"train.seed={seed}",
                 f"data.split_seed={seed}",  # a different stratified draw of the k labelled clips per seed
                 f"data.max_train_samples={k * len(TARGET_WORDS)}",
-                f"output_dir={out / 'target' / f'{strategy}-{int(transfer)}-{seed}'}",
+                f"output_dir={out / 'target' / f'{strategy}-{RUN_TAG[start]}-{seed}'}",
                 *splits(out / "data" / "target"),
                 *extra,
             ]
@@ -218,7 +234,7 @@ def main(out: Path, seeds: list[int], k: int = 5, arms: list[str] | None = None)
             "words": SOURCE_WORDS,
             "test_accuracy": source_metrics["test"]["accuracy"],
             "train_seconds": source_metrics["train"]["seconds"],
-        },
+        } if source_metrics else None,
         "target": {"words": TARGET_WORDS, "labelled_per_word": k, "seeds": seeds},
         "arms": summarise(runs),
     }

@@ -271,3 +271,51 @@ def test_whisper_adapter_pushed_and_loaded_without_hftl_paths(whisper, clips, tm
     assert any("lora_" in n for n, _ in model.named_parameters())
     config = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
     assert config["task"] == "seq2seq_asr" and torch.is_tensor(next(model.parameters()))
+
+
+def _tone_classes(folder: Path, n: int = 12) -> str:
+    """``n`` low and ``n`` high tones (0.3-0.6 s, pitch jittered) labelled low/high: ``folder/tones.csv``."""
+    rng, rows = np.random.default_rng(0), []
+    folder.mkdir(parents=True)
+    for label, freq in (("low", 300.0), ("high", 2400.0)):
+        for i in range(n):
+            t = np.arange(int(rng.uniform(0.3, 0.6) * 16000)) / 16000
+            wave = 0.5 * np.sin(2 * np.pi * freq * rng.uniform(0.9, 1.1) * t) + rng.normal(0, 0.01, t.size)
+            sf.write(folder / f"{label}{i}.wav", wave.astype(np.float32), 16000)
+            rows.append(f"{label}{i}.wav,{label}")
+    (folder / "tones.csv").write_text("audio,label\n" + "\n".join(rows) + "\n")
+    return str(folder / "tones.csv")
+
+
+@pytest.mark.parametrize("strategy", ["full", "lora"])
+def test_whisper_encoder_classifies_and_loads_back(whisper, tmp_path, strategy):
+    """The Whisper encoder (alone: no decoder) as HftlForClassification's backbone reads log-mel features, trains,
+    saves with its feature extractor (not its tokenizer), and hftl.load / hftl.predict give the run's predictions."""
+    import hftl
+    from hftl.data.speech import load_audio
+
+    run = tmp_path / "run"
+    metrics = main(load_config(None, [f"model.name={whisper}", f"data.name={_tone_classes(tmp_path / 'tones')}",
+                                      "data.input_column=audio", "data.validation_size=0.25", "data.test_size=0.25",
+                                      f"strategy.name={strategy}", "train.epochs=6", "train.batch_size=4",
+                                      "train.lr=3e-3", "eval.report=false", f"output_dir={run}"]))
+    losses = [h["train_loss"] for h in metrics["history"]]
+    assert all(np.isfinite(losses)) and (losses[-1] < losses[0] or strategy == "lora")  # LoRA: its B moved, below
+    assert "pipeline_tag: audio-classification" in (run / "README.md").read_text()
+    model, processor = hftl.load(run / "model")
+    base = model.get_base_model() if strategy == "lora" else model
+    assert type(base.backbone).__name__ == "WhisperEncoder" and base.main_input_name == "input_features"
+    assert not any("decoder" in name for name, _ in model.named_parameters())
+    if strategy == "lora":  # peft starts B at zero: trained adapters on the encoder's attention
+        moved = [n for n, p in model.named_parameters() if "lora_B" in n and p.abs().sum() > 0]
+        assert moved and all(n.startswith("base_model.model.backbone.layers.") for n in moved)
+    assert type(processor).__name__ == "WhisperFeatureExtractor"  # the tokenizer beside it is not what reads clips
+    rows = _rows(run / "predictions.jsonl")
+    waves = [load_audio(r["file"], 16000) for r in rows]
+    features = processor(waves, sampling_rate=16000, return_tensors="pt", padding="max_length")
+    with torch.no_grad():
+        probs = model(input_features=features["input_features"]).logits.softmax(-1)
+    names = [base.config.id2label[i] for i in range(probs.shape[1])]
+    saved = torch.tensor([[r["scores"][n] for n in names] for r in rows])
+    torch.testing.assert_close(probs, saved, atol=1e-4, rtol=0)  # the run's scores, rounded to 5 decimals
+    assert [p["label"] for p in hftl.predict(run, [r["file"] for r in rows])] == [r["predicted"] for r in rows]
