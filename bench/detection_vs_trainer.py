@@ -11,7 +11,8 @@ learning rate (1e-3), warmup (6 %), weight decay (0.01), clipping (1.0), fp32, n
 loader workers. The peer is the example's pipeline: a ``datasets.Dataset`` with an ``objects`` column,
 ``with_transform`` running the image processor on each batch, a collator that stacks, ``Trainer(...).train()``.
 Without augmentation on both sides (the example's is albumentations, not in hftl's environment; hftl's
-``data.augment`` is off). Timed: the ``train()`` call; hftl's ``fit`` call less its one validation pass (8 images) at the epoch end.
+``data.augment`` is off). Timed: the ``train()`` call; hftl's ``fit`` call less its one validation pass (8 images)
+at the epoch end.
 The arms alternate (Trainer first, then hftl first, ...). First a check that both do the same work: without dropout
 and in the data's order, both give the same mean loss over ``--check-steps`` steps (recorded in the JSON).
 Writes bench/results/detection_vs_trainer.json.
