@@ -110,7 +110,8 @@ def main() -> None:
     parser.add_argument("--methods", default="prototype,probe,setfit,zs_probe,zs_prototype,zs_setfit")
     parser.add_argument("--peer-ks", default="1,2,4,8,16,32", help="ks at which the setfit package runs ('' none)")
     parser.add_argument("--out", default="bench/results/fewshot_prior_rt.json")
-    parser.add_argument("--figure", default="docs/figures/fewshot-prior-rt.png")
+    parser.add_argument("--figure", help="the plot (default: beside --out, .png): the README's combined plots are "
+                        "bench/fewshot_prior_plot.py's, not overwritten by one part's run")
     args = parser.parse_args()
     ks, seeds = [int(k) for k in args.ks.split(",")], [int(s) for s in args.seeds.split(",")]
     peer_ks = {int(k) for k in args.peer_ks.split(",") if k}
@@ -184,6 +185,7 @@ def main() -> None:
         few_shot_transductive={m: v for m, v in out["few_shot_transductive"].items() if m == "zs_setfit"},
     )
     title = f"{cfg.model.name.split('/')[-1]} on {Path(cfg.data.name).name} (test)"
+    args.figure = args.figure or str(Path(args.out).with_suffix(".png"))
     plot_ladder(shown, args.figure, title=title, full_label="all data, logistic regression")
     print(f"written to {args.out} and {args.figure} ({out['total_seconds']:.0f} s)")
 
