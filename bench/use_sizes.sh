@@ -1,10 +1,11 @@
 #!/bin/bash
-# Before/after: --help wall time, a config error's time, run-directory sizes (tiny and MiniLM, 200 train examples).
+# Issue 15 before/after: --help wall time, a config error's time, run-directory sizes (tiny and MiniLM, 200 train examples).
 set -u
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-OUT=${1:-measure/before}
-rm -rf $OUT; mkdir -p $OUT
+OUT=${1:?give the output folder, e.g. runs/use-sizes}
+if [ -e "$OUT" ]; then echo "$OUT exists: give a new folder (nothing is deleted)"; exit 2; fi
+mkdir -p "$OUT"
 uptime
 for i in 1 2 3; do /usr/bin/time -f "help %e s" .venv/bin/hftl --help >/dev/null; done
 for i in 1 2; do /usr/bin/time -f "config-error %e s" .venv/bin/hftl finetune --config recipes/configs/text/minilm-rt-lora.yaml train.epoch=1; done
