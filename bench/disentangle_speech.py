@@ -4,9 +4,9 @@
 
 Data (synthetic, espeak-ng; ``scripts/espeak_words.py``'s voices): the 10 words yes..go, each said by 8 voice
 variants (m1, m2, m3, m7, f1, f2, f3, f5) in each of espeak-ng's 7 English accents, one clip per (word, voice,
-accent) with its own random speed (140-190 words/min, then +-10) and pitch (35-65, then +-5): 560 clips. Split by ACCENT: 4 accents train, 1
-validation, 2 test, so every word and every voice is in every split, and test clips are said in accents never heard
-in train. Factor a: the word (10 classes); factor b: the voice variant (8 classes).
+accent) with its own random speed (140-190 words/min, then +-10) and pitch (35-65, then +-5): 560 clips. Split by
+ACCENT: 4 accents train, 1 validation, 2 test, so every word and every voice is in every split, and test clips are
+said in accents never heard in train. Factor a: the word (10 classes); factor b: the voice variant (8 classes).
 Then ``recipes/disentangle.py`` with recipes/configs/speech/whisper-words-voices-disentangle.yaml for each seed (the
 Whisper features are computed once and cached; each seed re-trains the splits and probes). Writes
 ``bench/results/disentangle.json``: each arm's 2x2 table (mean, sd over seeds), chance, seconds, the machine's load.
