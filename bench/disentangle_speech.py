@@ -1,6 +1,8 @@
 """Disentanglement on real pretrained features: the spoken word and the voice in Whisper tiny.en's encoder.
 
     OMP_NUM_THREADS=1 nice -n 5 python bench/disentangle_speech.py [--out runs/disentangle] [--seeds 0 1 2]
+    OMP_NUM_THREADS=1 python bench/disentangle_speech.py --out runs/disentangle-reverse \
+        --result bench/results/disentangle-reverse.json disentangle.adversary=reverse
 
 Data (synthetic, espeak-ng; ``scripts/espeak_words.py``'s voices): the 10 words yes..go, each said by 8 voice
 variants (m1, m2, m3, m7, f1, f2, f3, f5) in each of espeak-ng's 7 English accents, one clip per (word, voice,
@@ -87,18 +89,20 @@ def summarise(runs: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/disentangle")
+    parser.add_argument("--data", default="runs/disentangle/data", help="the clips (made there when missing); "
+                        "shared across --out folders, so the cached Whisper features are too")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--result", default=str(ROOT / "bench" / "results" / "disentangle.json"))
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. disentangle.adversary=reverse")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    counts = make_data(out / "data")
+    counts = make_data(Path(args.data))
     import hftl
     from recipes.disentangle import main as run
 
     runs, start, load = [], time.perf_counter(), os.getloadavg()
     for seed in args.seeds:
-        splits = [f"data.splits.{s}={out / 'data' / f'{s}.csv'}" for s in SPLIT_ACCENTS]
+        splits = [f"data.splits.{s}={Path(args.data) / f'{s}.csv'}" for s in SPLIT_ACCENTS]
         cfg = hftl.parse_args(["--config", str(CONFIG), *splits, f"train.seed={seed}",
                                f"output_dir={out / f'seed{seed}'}", "overwrite=true", *args.overrides])
         runs.append(run(cfg))
