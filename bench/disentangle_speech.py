@@ -81,6 +81,10 @@ def summarise(runs: list[dict]) -> dict:
     for arm in ("plain", "adversarial", "erasure"):
         out[arm] = {p: {f: mean_sd([r[arm][p][f] for r in runs]) for f in ("factor_a", "factor_b")}
                     for p in ("z_a", "z_b")}
+    out["knn"] = {"raw": {f: mean_sd([r["knn"]["raw"][f] for r in runs]) for f in ("factor_a", "factor_b")}}
+    for arm in ("plain", "adversarial", "erasure"):
+        out["knn"][arm] = {p: {f: mean_sd([r["knn"][arm][p][f] for r in runs]) for f in ("factor_a", "factor_b")}
+                           for p in ("z_a", "z_b")}
     out["seconds"] = {"features_first_seed": runs[0]["features"]["seconds"],
                       "per_seed": mean_sd([r["seconds"] for r in runs])}
     return out
@@ -114,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
                           "load_at_start": load, "load_at_end": os.getloadavg(), "python": platform.python_version()}}
     Path(args.result).parent.mkdir(parents=True, exist_ok=True)
     Path(args.result).write_text(json.dumps(result, indent=2, allow_nan=False))
-    print(json.dumps({k: result[k] for k in ("chance", "raw", "plain", "adversarial", "erasure")}, indent=1))
+    print(json.dumps({k: result[k] for k in ("chance", "raw", "plain", "adversarial", "erasure", "knn")}, indent=1))
 
 
 if __name__ == "__main__":

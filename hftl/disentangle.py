@@ -325,18 +325,36 @@ def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
     return float((clf.predict((test_x - mean) / std) == test_y).mean())
 
 
+def knn_probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *,
+                       k: int = 5) -> float:
+    """Test accuracy of a ``k``-nearest-neighbour vote (Euclidean, on features standardized by train): a read-out
+    that is not linear, for what a linear probe cannot see (a factor erased linearly may still be there)."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    mean, std = train_x.mean(0), train_x.std(0)
+    std = np.where(std > 1e-8, std, 1.0)
+    clf = KNeighborsClassifier(n_neighbors=min(k, len(train_y))).fit((train_x - mean) / std, train_y)
+    return float((clf.predict((test_x - mean) / std) == test_y).mean())
+
+
 def chance(train_y: np.ndarray, test_y: np.ndarray) -> float:
     """Accuracy on test of always answering train's most frequent class."""
     return float((test_y == np.bincount(train_y).argmax()).mean())
 
 
 def factor_table(parts: dict[str, dict[str, np.ndarray]], data: FactorData, *, split: str = "test", c: float = 1.0,
-                 seed: int = 0) -> dict[str, dict[str, float]]:
+                 seed: int = 0, probe: str = "linear") -> dict[str, dict[str, float]]:
     """``{part: {"factor_a": acc, "factor_b": acc}}``: a fresh probe per part and factor, fit on train, scored on
-    ``split``. ``parts``: part name -> split -> features ``[n, d]``."""
+    ``split``. ``parts``: part name -> split -> features ``[n, d]``. ``probe``: ``linear`` (:func:`probe_accuracy`)
+    or ``knn`` (:func:`knn_probe_accuracy`)."""
     ys = {"factor_a": data.a, "factor_b": data.b}
-    return {part: {f: probe_accuracy(x["train"], ys[f]["train"], x[split], ys[f][split], c=c, seed=seed)
-                   for f in FACTORS} for part, x in parts.items()}
+
+    def score(x, f):
+        if probe == "knn":
+            return knn_probe_accuracy(x["train"], ys[f]["train"], x[split], ys[f][split])
+        return probe_accuracy(x["train"], ys[f]["train"], x[split], ys[f][split], c=c, seed=seed)
+
+    return {part: {f: score(x, f) for f in FACTORS} for part, x in parts.items()}
 
 
 ARMS = ("raw", "plain", "adversarial", "erasure")
@@ -356,9 +374,9 @@ def disentangle(data: FactorData, *, dim: int = 32, adversary_weight: float = 1.
       (:class:`Eraser`): part a reads the features with factor b erased, and part b those with factor a erased.
 
     Returns numbers only but for ``models``: ``{"chance": {factor: acc}, "raw": {factor: acc}, arm: {part: {factor:
-    acc}} for the three split arms, "train": {arm: history}, "models": {arm: SplitModel, "erase_a": Eraser,
-    "erase_b": Eraser, "standardize": Standardizer}}`` (every model and eraser reads features standardized by
-    train); pop ``models`` before writing JSON."""
+    acc}} for the three split arms, "knn": the same tables read by 5-nearest-neighbour probes, "train": {arm:
+    history}, "models": {arm: SplitModel, "erase_a": Eraser, "erase_b": Eraser, "standardize": Standardizer}}``
+    (every model and eraser reads features standardized by train); pop ``models`` before writing JSON."""
     scale = Standardizer(data.features["train"])
     feats = {s: scale(x) for s, x in data.features.items()}
     ya, yb = data.a["train"], data.b["train"]
@@ -371,10 +389,13 @@ def disentangle(data: FactorData, *, dim: int = 32, adversary_weight: float = 1.
             "erasure": (without_b, without_a, 0.0)}
     out = {"chance": {"factor_a": chance(ya, data.a[split]), "factor_b": chance(yb, data.b[split])},
            "raw": factor_table({"raw": feats}, data, split=split, c=probe_c, seed=seed)["raw"],
-           "train": {}, "models": {"standardize": scale, "erase_a": erase_a, "erase_b": erase_b}}
+           "train": {}, "models": {"standardize": scale, "erase_a": erase_a, "erase_b": erase_b},
+           "knn": {"raw": factor_table({"raw": feats}, data, split=split, probe="knn")["raw"]}}
     for arm, (x_a, x_b, weight) in runs.items():
         model, history = train_split(x_a["train"], ya, yb, adversary_weight=weight,
                                      x_b=None if x_b is None else x_b["train"], **settings)
-        out[arm] = factor_table(parts_of(model, x_a, x_b), data, split=split, c=probe_c, seed=seed)
+        parts = parts_of(model, x_a, x_b)
+        out[arm] = factor_table(parts, data, split=split, c=probe_c, seed=seed)
+        out["knn"][arm] = factor_table(parts, data, split=split, probe="knn")
         out["train"][arm], out["models"][arm] = history, model
     return out

@@ -9,7 +9,8 @@ voice). The backbone's pooled features are computed once (``hftl.features``' cac
 adversary each for the other factor) and its comparisons, and fresh logistic-regression probes measure each part
 for each factor on the test split, beside chance (hftl/disentangle.py says which arms and why).
 Writes ``output_dir/`` (the run-directory rules of hftl/rundir.py): ``config.yaml``, ``metrics.json`` (numbers
-only: ``chance``, ``raw``, ``plain``, ``adversarial``, ``erasure``, ``train``, ``features``), ``factors.json`` (the
+only: ``chance``, ``raw``, ``plain``, ``adversarial``, ``erasure``, ``knn`` (the same tables read by 5-nearest-
+neighbour probes), ``train``, ``features``), ``factors.json`` (the
 columns and class names) and ``split_models.safetensors`` (each arm's projections, heads and adversaries as
 ``<arm>.<name>``, the erasers ``erase_a.*``, ``erase_b.*``, and ``standardize.mean``/``.std``: each reads the
 backbone's pooled features standardized by these).

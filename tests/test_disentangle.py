@@ -174,3 +174,10 @@ def test_recipe_names_a_missing_factor_before_the_model_loads(tiny_model, two_fa
                       f"output_dir={tmp_path / 'run'}"])
     with pytest.raises(DataError, match="disentangle.factor_column='genre' is not a column of split 'train'"):
         main(cfg)
+
+
+def test_knn_tables_sit_beside_the_linear_ones():
+    result = disentangle(factor_data(120), dim=4, epochs=2, adversary_steps=1, seed=0)
+    assert set(result["knn"]) == {"raw", "plain", "adversarial", "erasure"}
+    assert result["knn"]["raw"]["factor_a"] > 0.9  # a neighbour vote reads what is plainly there
+    assert set(result["knn"]["erasure"]) == {"z_a", "z_b"}
