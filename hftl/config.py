@@ -433,6 +433,29 @@ class SelectConfig:
             raise ConfigError(f"select.candidates lists {twice} twice: list each candidate once")
 
 
+@dataclass
+class DisentangleConfig:
+    factor_column: str = _f("speaker", "disentangle: the column of the second factor (the first is "
+                                       "data.label_column), e.g. speaker beside the spoken word.")
+    dim: int = _f(32, "disentangle: width of each part of the split representation (z_a, z_b).", range=">= 1")
+    adversary: str = _f("confusion", "disentangle: how each part's adversary pushes it: confusion (towards a "
+                                     "uniform answer on the other factor) or reverse (gradient reversal of its "
+                                     "cross-entropy).",
+                        ("confusion", "reverse"))
+    adversary_weight: float = _f(1.0, "disentangle: weight of the adversaries' term in the projections' loss.",
+                                 range=">= 0")
+    adversary_steps: int = _f(5, "disentangle: adversary updates per step of the projections.", range=">= 1")
+    adversary_lr: float = _f(1e-2, "disentangle: learning rate of the adversaries (AdamW).", range="> 0")
+    epochs: int = _f(100, "disentangle: passes over the cached train features.", range=">= 1")
+    lr: float = _f(1e-3, "disentangle: learning rate of the projections and heads (AdamW).", range="> 0")
+    batch_size: int = _f(64, "disentangle: examples per step.", range=">= 2")
+    probe_c: float = _f(1.0, "disentangle: inverse L2 strength of the fresh logistic-regression probes that measure "
+                             "each part.", range="> 0")
+
+    def __post_init__(self) -> None:
+        check_fields(self, "disentangle.")
+
+
 TEXT_SOURCES = ("train", "unlabeled")
 TEXT_FILES = (".txt", ".csv", ".json", ".jsonl")
 
@@ -494,6 +517,7 @@ class Config:
     shots: ShotsConfig = field(default_factory=ShotsConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
+    disentangle: DisentangleConfig = field(default_factory=DisentangleConfig)
     output_dir: str = field(default="runs/default", metadata={"help": "Run directory (config, metrics, model, card)."})
     overwrite: bool = _f(False, "Replace the hftl run in output_dir: only the files hftl wrote there are removed "
                                 "(a folder hftl did not make is never written into).")
@@ -528,6 +552,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.stop_below_baseline={t.stop_below_baseline} needs a count >= 0 and "
                           "eval.baselines=true (the baselines it compares with)")
     check_task_name(cfg.task.name)
+    if cfg.disentangle.factor_column == cfg.data.label_column:
+        raise ConfigError(f"disentangle.factor_column={cfg.disentangle.factor_column!r} is data.label_column too: set "
+                          "it to the column of the second factor (e.g. speaker), different from the first")
     if cfg.hub.push and "/" not in cfg.hub.repo_id:
         raise ConfigError(f"hub.repo_id={cfg.hub.repo_id!r} must look like 'user/name' when hub.push=true")
 

@@ -18,7 +18,7 @@ def test_every_shipped_config_parses(path):
     cfg = load_config(path)
     assert isinstance(cfg, Config)
     # a fine-tuning config is named after its strategy; other recipes' configs after the recipe
-    assert path.stem.endswith((cfg.strategy.name, "ladder", "pretrain", "transfer")), path.stem
+    assert path.stem.endswith((cfg.strategy.name, "ladder", "pretrain", "transfer", "disentangle")), path.stem
 
 
 def test_overrides_are_typed():
