@@ -482,6 +482,63 @@ class PretrainConfig:
             )
 
 
+MULTITASK_TASKS = ("classification", "multi_label", "regression")  # one pooled output per input: heads on one backbone
+_MULTITASK_KEYS = ("name", "weight", "task", "data", "eval", "model")
+
+
+@dataclass
+class MultitaskConfig:
+    tasks: list = _f([], "Tasks sharing one backbone (model, strategy, train), each {name, weight (its loss's factor, "
+                         "default 1), task: {...}, data: {...}, eval: {...}} with the keys of those sections (empty: "
+                         "one task, as task and data say). hftl.multitask; recipes/multitask.py.")
+    sampling: str = _f("proportional", "How each train batch's task is drawn: proportional (every task's batches "
+                                       "once per epoch, shuffled together), temperature (p_i ~ n_i^(1/T), as mT5), "
+                                       "round_robin (tasks in turn).", ("proportional", "temperature", "round_robin"))
+    temperature: float = _f(2.0, "sampling=temperature: T (1: proportional to sizes; large: uniform over tasks).",
+                            range="> 0")
+    adapter_per_task: bool = _f(False, "peft strategies: one adapter per task on the shared backbone (peft's "
+                                       "multiple adapters, switched per batch) instead of one shared adapter.")
+
+
+def multitask_entries(cfg: Any) -> list[dict]:
+    """The tasks of ``multitask.tasks``, each ``{name, weight, task: TaskConfig, data: DataConfig, eval: EvalConfig}``;
+    ConfigError naming ``multitask.tasks[i]...`` and the fix for a malformed entry, duplicate names, a model that is
+    not the shared one, a task whose output is not one per input, or fewer than two tasks."""
+    entries, names = [], set()
+    for i, raw in enumerate(cfg.multitask.tasks):
+        key = f"multitask.tasks[{i}]"
+        if not isinstance(raw, dict) or set(raw) - set(_MULTITASK_KEYS) or not str(raw.get("name") or "").strip():
+            raise ConfigError(f"{key} must be a mapping with a name and only the keys {list(_MULTITASK_KEYS)}, got "
+                              f"{raw!r}: e.g. {{name: sentiment, weight: 1.0, task: {{name: classification}}, "
+                              f"data: {{name: rotten_tomatoes}}}}")
+        name = str(raw["name"])
+        if name in names or "/" in name:
+            raise ConfigError(f"{key}.name={name!r} is {'used twice' if name in names else 'not a folder name'}: "
+                              f"give each task a distinct name without '/'")
+        names.add(name)
+        model = raw.get("model") or {}
+        if not isinstance(model, dict) or set(model) - {"name"} or model.get("name", cfg.model.name) != cfg.model.name:
+            raise ConfigError(f"{key}.model={model!r} disagrees with model.name={cfg.model.name!r}: the tasks share one "
+                              f"backbone; remove {key}.model, or set model.name for all of them")
+        weight = _coerce(raw.get("weight", 1.0), float, f"{key}.weight")
+        if not (math.isfinite(weight) and weight > 0):
+            raise ConfigError(f"{key}.weight={weight} must be a finite number > 0 (the factor of its loss)")
+        sections = {s: _build(c, raw.get(s) or {}, f"{key}.{s}.") if isinstance(raw.get(s) or {}, dict) else None
+                    for s, c in (("task", TaskConfig), ("data", DataConfig), ("eval", EvalConfig))}
+        if None in sections.values():
+            raise ConfigError(f"{key}.task, .data and .eval must be mappings of those sections' keys")
+        if sections["task"].name not in MULTITASK_TASKS:
+            raise ConfigError(f"{key}.task.name={sections['task'].name!r} has no head on a pooled backbone output: "
+                              f"multitask takes {list(MULTITASK_TASKS)}; train it alone with hftl finetune")
+        entries.append({"name": name, "weight": weight, **sections})
+    if len(entries) == 1:
+        raise ConfigError("multitask.tasks lists one task: add a second, or train it alone (task and data sections)")
+    if entries and cfg.strategy.name == "lp_ft":
+        raise ConfigError("strategy.name=lp_ft is not available with multitask.tasks: use linear_probe, head, full, "
+                          "freeze_n or a peft method")
+    return entries
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -494,6 +551,7 @@ class Config:
     shots: ShotsConfig = field(default_factory=ShotsConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
+    multitask: MultitaskConfig = field(default_factory=MultitaskConfig)
     output_dir: str = field(default="runs/default", metadata={"help": "Run directory (config, metrics, model, card)."})
     overwrite: bool = _f(False, "Replace the hftl run in output_dir: only the files hftl wrote there are removed "
                                 "(a folder hftl did not make is never written into).")
@@ -528,6 +586,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.stop_below_baseline={t.stop_below_baseline} needs a count >= 0 and "
                           "eval.baselines=true (the baselines it compares with)")
     check_task_name(cfg.task.name)
+    multitask_entries(cfg)  # each task's sections, names and model: at parse time
     if cfg.hub.push and "/" not in cfg.hub.repo_id:
         raise ConfigError(f"hub.repo_id={cfg.hub.repo_id!r} must look like 'user/name' when hub.push=true")
 
