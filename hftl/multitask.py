@@ -27,6 +27,7 @@ from __future__ import annotations
 import bisect
 import copy
 import json
+import warnings
 
 import numpy as np
 import torch
@@ -132,7 +133,9 @@ def apply_multitask_strategy(model: MultitaskModel, cfg: StrategyConfig, adapter
     freeze_norm_statistics(model.backbone)
     model.adapters = list(model.names) if adapter_per_task else [SHARED_ADAPTER]
     for name in model.adapters:
-        inject_adapter_in_model(peft_config, model.backbone, adapter_name=name)
+        with warnings.catch_warnings():  # "Already found a peft_config ... multiple adapters": what is meant here
+            warnings.simplefilter("ignore", UserWarning)
+            inject_adapter_in_model(peft_config, model.backbone, adapter_name=name)
     set_trainable(model, False)
     for module in model.backbone.modules():
         if isinstance(module, BaseTunerLayer):
