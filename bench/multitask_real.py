@@ -71,7 +71,8 @@ def _mean_sd(values: list[float]) -> dict:
 
 
 def summary(results: dict) -> dict:
-    seeds = [str(s) for s in SEEDS if str(s) in results["together"] and all(str(s) in results["alone"][t] for t in TASKS)]
+    seeds = [str(s) for s in SEEDS
+             if str(s) in results["together"] and all(str(s) in results["alone"][t] for t in TASKS)]
     out = {}
     for task in TASKS:
         out[task] = {"alone": _mean_sd([results["alone"][task][s]["accuracy"] for s in seeds]),

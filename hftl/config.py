@@ -517,9 +517,10 @@ def multitask_entries(cfg: Any) -> list[dict]:
                               f"give each task a distinct name without '/'")
         names.add(name)
         model = raw.get("model") or {}
-        if not isinstance(model, dict) or set(model) - {"name"} or model.get("name", cfg.model.name) != cfg.model.name:
-            raise ConfigError(f"{key}.model={model!r} disagrees with model.name={cfg.model.name!r}: the tasks share one "
-                              f"backbone; remove {key}.model, or set model.name for all of them")
+        if not isinstance(model, dict) or set(model) - {"name"} or model.get("name", cfg.model.name) != \
+                cfg.model.name:
+            raise ConfigError(f"{key}.model={model!r} disagrees with model.name={cfg.model.name!r}: the tasks share "
+                              f"one backbone; remove {key}.model, or set model.name for all of them")
         weight = _coerce(raw.get("weight", 1.0), float, f"{key}.weight")
         if not (math.isfinite(weight) and weight > 0):
             raise ConfigError(f"{key}.weight={weight} must be a finite number > 0 (the factor of its loss)")

@@ -25,8 +25,17 @@ from hftl.config import Config, MultitaskConfig, multitask_entries, save_config
 from hftl.data import modality_of
 from hftl.data.sources import DataError
 from hftl.models import check_max_length
-from hftl.multitask import (MEAN, TaskCollate, apply_multitask_strategy, build_multitask, evaluate_tasks,
-                            flat_scores, nested, task_model, train_loader)
+from hftl.multitask import (
+    MEAN,
+    TaskCollate,
+    apply_multitask_strategy,
+    build_multitask,
+    evaluate_tasks,
+    flat_scores,
+    nested,
+    task_model,
+    train_loader,
+)
 from hftl.rundir import RunDir, claim
 from hftl.tasks import get_task
 from hftl.train import eval_batch, train_batch
@@ -176,8 +185,8 @@ def save_multitask(cfg, run, model, processor, metrics, tasks, splits, labels, a
                                                                    for h in metrics["history"]]}
             plain = type(adapted)(alone, adapted.strategy, frozen=adapted.frozen, peft_config=adapted.peft_config)
             facts = transfer_facts(plain, alone, labels[name], splits[name], modality=modality_of(processor))
-            facts.update(task=one.task.name, pipeline_tag=task.pipeline_tag(facts["modality"]), metric_for_best=best[name],
-                         trainable_params=adapted.trainable, total_params=adapted.total)
+            facts.update(task=one.task.name, pipeline_tag=task.pipeline_tag(facts["modality"]),
+                         metric_for_best=best[name], trainable_params=adapted.trainable, total_params=adapted.total)
             folder = stage / "tasks" / name
             folder.mkdir(parents=True)
             _write_run(folder, dataclasses.replace(one, output_dir=str(Path(cfg.output_dir) / "tasks" / name)),

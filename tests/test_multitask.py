@@ -19,15 +19,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from hftl.recipes.multitask import main, task_configs
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from safetensors.torch import load_file
 
 import hftl
 from hftl.config import ConfigError, load_config
 from hftl.data.sources import DataError
 from hftl.multitask import MultitaskModel, TaskBatches, build_multitask
-from hftl.recipes.multitask import main, task_configs
 from hftl.tasks import get_task
 from hftl.testing import numbers_only, tiny_text_csv, tiny_text_model
 from hftl.train import KILL_ENV
