@@ -1,6 +1,6 @@
 """Train several tasks on one shared backbone, each with its own head (and optionally its own adapter).
 
-    hftl finetune --config recipes/configs/text/minilm-rt-fortunes-multitask.yaml
+    hftl finetune --config recipes/configs/text/minilm-rt-fortunes-multitask-lora.yaml
     accelerate launch --config_file recipes/accelerate/cpu-ddp-2.yaml recipes/multitask.py --config FILE.yaml
     python recipes/multitask.py --config FILE.yaml multitask.sampling=temperature multitask.temperature=2
 
@@ -127,7 +127,8 @@ def _main(cfg: Config, accelerator, run: RunDir, tasks: dict) -> dict:
                               checkpoint_dir=run.checkpoints("checkpoints"), resume=cfg.train.resume)
     seconds = time.perf_counter() - start
     val_logits: dict = {}
-    evaluate_tasks(trained, evals["validation"], accelerator, found, metrics_of, val_logits)
+    if any(t.tunes for t in found.values()):  # the best weights' validation logits, for the tasks that tune
+        evaluate_tasks(trained, evals["validation"], accelerator, found, metrics_of, val_logits)
     unwrapped = accelerator.unwrap_model(trained)
     tuned = {n: t.tune(unwrapped.task_configs[n], *val_logits[n], one) for n, (one, t, _) in tasks.items()
              if t.tunes}  # e.g. multi_label's threshold, chosen on validation and saved in that task's config

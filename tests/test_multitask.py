@@ -233,3 +233,19 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model, two_sets, tm
         assert resumed["test"][name] == pytest.approx(reference["test"][name], rel=1e-6, abs=1e-7)
     assert [h["train_loss"] for h in resumed["history"]] == pytest.approx(
         [h["train_loss"] for h in reference["history"]], rel=1e-6)
+
+
+def test_each_task_alone_is_pushable(tiny_model, two_sets, tmp_path, monkeypatch):
+    """hftl push takes a task's folder as a single-task run: the Hub itself is tests/test_tasks_roundtrip.py's."""
+    import hftl.hub
+
+    main(load_config(None, _overrides(tiny_model, two_sets, tmp_path / "run", "strategy.name=lora",
+                                      "train.epochs=1")))
+    sent: dict = {}
+    monkeypatch.setattr(hftl.hub, "_resolve_token", lambda token: "hf_token")
+    monkeypatch.setattr(hftl.hub, "check_push_access", lambda repo_id, token=None: repo_id)
+    monkeypatch.setattr(hftl.hub, "_upload", lambda files, repo_id, *args: sent.update(files) or "url/oid")
+    assert hftl.push(tmp_path / "run" / "tasks" / "topic", "alice/topic") == "url/oid"
+    assert {"config.json", "model.safetensors", "modeling_hftl.py", "README.md", "metrics.json"} <= set(sent)
+    card = (tmp_path / "run" / "tasks" / "topic" / "README.md").read_text()
+    assert "neutral" in card  # the task's own labels
