@@ -14,7 +14,7 @@ trains it as it trains one task: the same loop, accumulation, checkpoints, resum
 - ``evaluate_tasks``: each task's own ``scores`` on its own split; ``flat_scores`` adds ``multitask_mean``, the mean
   of each task's ``metric_for_best`` (loss-like ones negated), which picks the best epoch.
 - ``task_model``: one task alone, as hftl's single-task classifier (the backbone with that task's adapter merged,
-  and its head): what ``hftl.load``, ``hftl predict`` and ``hftl push`` take.
+  and its head): what ``hftl.load``, ``hftl predict`` and ``hftl push`` take; ``load_multitask``: the whole model.
 
 Example:
     >>> model = MultitaskModel(backbone, {"sentiment": head_a, "topic": head_b}, configs, weights)  # doctest: +SKIP
@@ -357,3 +357,38 @@ highest mean over tasks of each task's own `metric_for_best` on validation (loss
 task alone (the backbone{' with its adapter merged' if about['adapters'] else ''} and its head), a normal hftl run
 directory: `hftl.load("tasks/<name>")`, `hftl predict tasks/<name> ...`, `hftl push tasks/<name> user/repo`.
 """
+
+
+def load_multitask(path) -> MultitaskModel:
+    """The whole multitask model of a run (its folder or its ``model/``), in eval mode: the backbone built from the
+    saved config (no download), its adapters injected again, every weight from ``multitask.safetensors``.
+
+    Example:
+        >>> model = load_multitask("runs/rt-fortunes")  # doctest: +SKIP
+        >>> model(task=torch.tensor([1]), **tokenizer(["a quote"], return_tensors="pt")).logits  # doctest: +SKIP
+    """
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from hftl.modeling import HftlConfig
+
+    folder = Path(path)
+    folder = folder / "model" if (folder / "model" / "multitask.json").is_file() else folder
+    about = json.loads((folder / "multitask.json").read_text())
+    configs = {n: HftlConfig.from_dict(c) for n, c in about["configs"].items()}
+    first = HftlForClassification(configs[about["tasks"][0]])
+    heads = {n: HftlForClassification(configs[n], backbone=first.backbone).head for n in about["tasks"]}
+    model = MultitaskModel(first.backbone, heads, configs, about["weights"])
+    if about["adapters"]:
+        from peft import PeftConfig, inject_adapter_in_model
+
+        settings = {k: v for k, v in about["peft_config"].items() if k != "adapters"}
+        for name in about["adapters"]:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                inject_adapter_in_model(PeftConfig.from_peft_type(**settings), model.backbone, adapter_name=name)
+        model.adapters = list(about["adapters"])
+        model.activate(model.adapters[0])
+    model.load_state_dict(load_file(folder / "multitask.safetensors"))
+    return model.eval()

@@ -176,7 +176,7 @@ def save_multitask(cfg, run, model, processor, metrics, tasks, splits, labels, a
         about = {"backbone": cfg.model.name, "tasks": model.names, "adapters": model.adapters,
                  "weights": model.weights, "peft_config": adapted.peft_config,
                  "configs": {n: c.to_dict() for n, c in model.task_configs.items()}}
-        (stage / "model" / "multitask.json").write_text(json.dumps(about, indent=2, default=str))
+        (stage / "model" / "multitask.json").write_text(json.dumps(about, indent=2, default=_plain))
         processor.save_pretrained(stage / "model")
         (stage / "README.md").write_text(model_card(cfg, metrics, about, adapted))
         for name, (one, task, _) in tasks.items():
@@ -194,6 +194,11 @@ def save_multitask(cfg, run, model, processor, metrics, tasks, splits, labels, a
                        alone, processor, task_metrics, facts, None)
             finish_model_dir(folder / "model", Path(cfg.output_dir).resolve() / "tasks" / name / "model")
             (folder / "hftl_run.json").write_text(json.dumps({"complete": True, "multitask": cfg.output_dir}))
+
+
+def _plain(value):
+    """JSON for what a peft config holds besides JSON's types (target modules as a set)."""
+    return sorted(value) if isinstance(value, (set, frozenset)) else str(value)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hftl.recipes.finetune import main as finetune
 from hftl.recipes.multitask import main, task_configs
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -27,7 +28,7 @@ from safetensors.torch import load_file
 import hftl
 from hftl.config import ConfigError, load_config
 from hftl.data.sources import DataError
-from hftl.multitask import MultitaskModel, TaskBatches, build_multitask
+from hftl.multitask import MultitaskModel, TaskBatches, build_multitask, load_multitask
 from hftl.tasks import get_task
 from hftl.testing import numbers_only, tiny_text_csv, tiny_text_model
 from hftl.train import KILL_ENV
@@ -168,7 +169,7 @@ def _test_scores(run: Path, name: str, cfg) -> dict:
 def test_two_tasks_train_and_each_loads_alone(tiny_model, two_sets, tmp_path, strategy):
     extra = ["strategy.name=lora", "multitask.adapter_per_task=true"] if strategy != "full" else ["strategy.name=full"]
     cfg = load_config(None, _overrides(tiny_model, two_sets, tmp_path / "run", *extra, "train.epochs=3"))
-    metrics = main(cfg)
+    metrics = finetune(cfg)  # hftl finetune hands a multitask config to recipes/multitask.py
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert numbers_only(saved) and set(saved["test"]) == {"sent", "topic"}
     assert set(saved["test"]["topic"]) == {"accuracy", "f1", "loss"}
@@ -188,6 +189,14 @@ def test_two_tasks_train_and_each_loads_alone(tiny_model, two_sets, tmp_path, st
         assert alone == pytest.approx(saved["test"][name], rel=1e-4, abs=1e-5)
         task_metrics = json.loads((tmp_path / "run" / "tasks" / name / "metrics.json").read_text())
         assert task_metrics["test"] == saved["test"][name]
+    tokenizer = hftl.load(tmp_path / "run" / "tasks" / "topic")[1]
+    whole = load_multitask(tmp_path / "run")
+    inputs = dict(tokenizer(["good great film", "bad awful plot"], return_tensors="pt", padding=True))
+    with torch.no_grad():
+        for i, name in enumerate(("sent", "topic")):
+            alone = hftl.load(tmp_path / "run" / "tasks" / name)[0]
+            torch.testing.assert_close(whole(task=torch.tensor([i, i]), **inputs).logits, alone(**inputs).logits,
+                                       rtol=1e-4, atol=1e-5)  # the adapter merged: rounding
     predicted = hftl.predict(tmp_path / "run" / "tasks" / "topic", ["good great film", "bad awful plot"])
     assert {p["label"] for p in predicted} <= {"pos", "neg", "neutral"}
     card = (tmp_path / "run" / "README.md").read_text()
