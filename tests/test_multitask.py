@@ -210,9 +210,12 @@ def still_model(tmp_path_factory) -> str:
     return tiny_text_model(tmp_path_factory.mktemp("still") / "bert", dropout=0.0)
 
 
-def test_two_processes_match_one(still_model, two_sets, tmp_path):
-    overrides = [*_overrides(still_model, two_sets, tmp_path / "x"), "model.head_dropout=0", "strategy.name=full",
-                 "multitask.sampling=temperature"]
+@pytest.mark.parametrize("setting", [
+    ["strategy.name=full", "multitask.sampling=temperature"],
+    ["strategy.name=lora", "multitask.adapter_per_task=true", "multitask.sampling=round_robin"],  # unused adapters
+], ids=["full-temperature", "lora-per-task-round_robin"])
+def test_two_processes_match_one(still_model, two_sets, tmp_path, setting):
+    overrides = [*_overrides(still_model, two_sets, tmp_path / "x"), "model.head_dropout=0", *setting]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(ROOT / "recipes" / "accelerate" / "cpu-ddp-2.yaml"), str(ROOT / "recipes" / "multitask.py"),
            *overrides, f"output_dir={tmp_path / 'two'}"]
