@@ -5,7 +5,7 @@ one MiniLM backbone with LoRA, over seeds 0, 1, 2.
 
 Settings fixed before any run (the same in every arm): sentence-transformers/all-MiniLM-L6-v2, strategy lora
 (r 8, alpha 16, dropout 0.1 on query, key, value, dense), max_length 64, 2 epochs, batch 32, lr 5e-4, head lr 1e-3;
-train subsampled (stratified, data.max_train_samples) to 2,000 examples per task; validation and test in full
+train subsampled (stratified, data.max_train_samples) to 1,000 examples per task; validation and test in full
 (Rotten Tomatoes' own 1,066 + 1,066; fortunes' stratified 10% + 10% of 3,207). Alone: recipes/finetune.py per task
 (baselines, drift and the report off: the multitask recipe computes none of them). Together: recipes/multitask.py,
 sampling proportional, loss weights 1 and 1, one shared adapter. Each run is its own process; wall time is the
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "multitask_real.json"
 RUNS = ROOT / "runs" / "bench-multitask"
 SEEDS = (0, 1, 2)
-TRAIN = 2000
+TRAIN = 1000
 SHARED = ["model.name=sentence-transformers/all-MiniLM-L6-v2", "model.max_length=64", "strategy.name=lora",
           "strategy.peft={r: 8, lora_alpha: 16, lora_dropout: 0.1, target_modules: [query, key, value, dense]}",
           "train.epochs=2", "train.batch_size=32", "train.lr=5e-4", "train.head_lr=1e-3", "train.report_to=none",
@@ -71,7 +71,7 @@ def _mean_sd(values: list[float]) -> dict:
 
 
 def summary(results: dict) -> dict:
-    seeds = [str(s) for s in SEEDS
+    seeds = [str(s) for s in sorted(results["together"], key=int)
              if str(s) in results["together"] and all(str(s) in results["alone"][t] for t in TASKS)]
     out = {}
     for task in TASKS:
@@ -86,13 +86,34 @@ def summary(results: dict) -> dict:
     return out
 
 
+def _merge(parts: list[Path]) -> dict:
+    """Seeds run in separate processes (``--seeds 2 --out FILE``), put together in one results file."""
+    merged: dict = {"alone": {t: {} for t in TASKS}, "together": {}}
+    for part in parts:
+        results = json.loads(part.read_text())
+        merged["settings"] = results["settings"]
+        merged["together"].update(results["together"])
+        for task in TASKS:
+            merged["alone"][task].update(results["alone"][task])
+    merged["summary"] = summary(merged)
+    return merged
+
+
 def main() -> None:
-    results = json.loads(OUT.read_text()) if OUT.is_file() and "--fresh" not in sys.argv else {}
+    """``--seeds 0,1`` runs only those seeds, ``--out FILE`` writes there; ``--merge A B``: A and B into OUT."""
+    args = sys.argv[1:]
+    if "--merge" in args:
+        OUT.write_text(json.dumps(_merge([Path(p) for p in args[args.index("--merge") + 1:]]), indent=2))
+        print(json.dumps(json.loads(OUT.read_text())["summary"], indent=2))
+        return
+    seeds = [int(s) for s in args[args.index("--seeds") + 1].split(",")] if "--seeds" in args else list(SEEDS)
+    out = Path(args[args.index("--out") + 1]) if "--out" in args else OUT
+    results = json.loads(out.read_text()) if out.is_file() and "--fresh" not in args else {}
     results.setdefault("alone", {t: {} for t in TASKS})
     results.setdefault("together", {})
     results["settings"] = {"shared": SHARED, "quiet_alone": QUIET, "tasks": TASKS, "seeds": list(SEEDS),
                            "sampling": "proportional", "omp_threads": os.environ.get("OMP_NUM_THREADS")}
-    for seed in SEEDS:
+    for seed in seeds:
         if str(seed) not in results["together"]:
             results["together"][str(seed)] = {**together(seed), "load": os.getloadavg()[0]}
             print("together", seed, results["together"][str(seed)], flush=True)
@@ -102,9 +123,9 @@ def main() -> None:
                 print(task, seed, results["alone"][task][str(seed)], flush=True)
         if str(seed) in results["alone"][list(TASKS)[-1]]:
             results["summary"] = summary(results)
-        OUT.parent.mkdir(parents=True, exist_ok=True)
-        OUT.write_text(json.dumps(results, indent=2, allow_nan=False))  # after each seed: a cut run keeps what ran
-    print(json.dumps(results["summary"], indent=2))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2, allow_nan=False))  # after each seed: a cut run keeps what ran
+    print(json.dumps(results.get("summary"), indent=2))
 
 
 if __name__ == "__main__":
