@@ -91,9 +91,23 @@ def load_task_splits(tasks: dict, batch_size: int) -> dict:
     return splits
 
 
-def _main(cfg: Config, accelerator, run: RunDir, tasks: dict) -> dict:
+def _loaders(cfg: Config, accelerator, tasks: dict, splits: dict, processor) -> tuple:
+    """Each task's encoded splits, the train loader over all tasks (``multitask.sampling``), and each task's
+    prepared validation and test loaders: ``{split: {task: loader}}``."""
     from hftl.recipes.finetune import _encoded
 
+    encoded = {n: _encoded(splits[n], processor, one, t, augment=False)[0] for n, (one, t, _) in tasks.items()}
+    collates = [t.collator(processor) for _, t, _ in tasks.values()]
+    loader = train_loader([encoded[n]["train"] for n in tasks], collates, train_batch(cfg.train, accelerator),
+                          cfg.multitask.sampling, cfg.multitask.temperature, cfg.train.seed)
+    size = eval_batch(cfg.train, accelerator)
+    evals = {s: {n: accelerator.prepare(hftl.make_loader(encoded[n][s], size, TaskCollate(collates, i),
+                                                         shuffle=False))
+                 for i, n in enumerate(tasks)} for s in ("validation", "test")}
+    return encoded, loader, evals
+
+
+def _main(cfg: Config, accelerator, run: RunDir, tasks: dict) -> dict:
     hftl.set_seed(cfg.train.seed)
     splits = load_task_splits(tasks, cfg.train.batch_size)
     labels = {n: t.label_names(splits[n], one.data) for n, (one, t, _) in tasks.items()}
@@ -107,14 +121,7 @@ def _main(cfg: Config, accelerator, run: RunDir, tasks: dict) -> dict:
     adapted = apply_multitask_strategy(model, cfg.strategy, cfg.multitask.adapter_per_task)
     accelerator.print(f"multitask {list(tasks)}, strategy {adapted.strategy}: {adapted.trainable:,} of "
                       f"{adapted.total:,} parameters train")
-    encoded = {n: _encoded(splits[n], processor, one, t, augment=False)[0] for n, (one, t, _) in tasks.items()}
-    collates = [t.collator(processor) for _, t, _ in tasks.values()]
-    loader = train_loader([encoded[n]["train"] for n in tasks], collates, train_batch(cfg.train, accelerator),
-                          cfg.multitask.sampling, cfg.multitask.temperature, cfg.train.seed)
-    size = eval_batch(cfg.train, accelerator)
-    evals = {s: {n: accelerator.prepare(hftl.make_loader(encoded[n][s], size, TaskCollate(collates, i),
-                                                         shuffle=False))
-                 for i, n in enumerate(tasks)} for s in ("validation", "test")}
+    encoded, loader, evals = _loaders(cfg, accelerator, tasks, splits, processor)
     metrics_of = {n: one.eval.metrics for n, (one, _, _) in tasks.items()}
     found = {n: t for n, (_, t, _) in tasks.items()}
 
