@@ -204,8 +204,10 @@ class TaskBatches:
     An epoch has ``sum(n_i // batch_size)`` batches (full ones only: an even split over processes). Which task each
     batch comes from: ``proportional``: every task's full batches once, in a shuffled order; ``temperature``: drawn
     with p_i ~ n_i^(1/T) (T=1 proportional to the sizes, large T uniform); ``round_robin``: tasks in turn. Within a
-    task its examples go in a fresh seeded permutation, started again when used up (temperature and round-robin
-    can take a small task more than once per epoch). Deterministic given ``seed`` and the epoch (``set_epoch``).
+    task its batches are those of ``hftl.data.LengthGroupedBatches`` over its examples (``lengths``: examples of
+    similar length together, as a single-task run batches them: less padding), started again with a new draw when
+    used up (temperature and round-robin can take a small task more than once per epoch). Deterministic given
+    ``seed`` and the epoch (``set_epoch``).
 
     Example:
         >>> [len(b) for b in TaskBatches([20, 8], 4, "round_robin")]
@@ -213,8 +215,9 @@ class TaskBatches:
     """
 
     def __init__(self, sizes: list[int], batch_size: int, sampling: str = "proportional", temperature: float = 2.0,
-                 seed: int = 0) -> None:
+                 seed: int = 0, lengths: list | None = None) -> None:
         self.sizes, self.batch_size, self.sampling = list(sizes), batch_size, sampling
+        self.lengths = lengths or [None] * len(self.sizes)  # per task: each example's length, or None
         self.temperature, self.seed, self.epoch = temperature, seed, 0
         self.offsets = np.cumsum([0] + self.sizes).tolist()
         self.counts = [n // batch_size for n in self.sizes]
@@ -240,21 +243,31 @@ class TaskBatches:
             return rng.choice(k, size=total, p=self.probabilities()).tolist()
         return rng.permutation(np.repeat(np.arange(k), self.counts)).tolist()
 
+    def _task_batches(self, task: int, draw: int) -> list[list[int]]:
+        """Task ``task``'s full batches for its ``draw``-th pass this epoch, length-grouped when lengths are known."""
+        from hftl.data import LengthGroupedBatches
+
+        lengths = self.lengths[task]
+        grouped = LengthGroupedBatches(lengths if lengths is not None else [0] * self.sizes[task], self.batch_size,
+                                       shuffle=True, seed=self.seed + 7919 * task, group=lengths is not None)
+        grouped.set_epoch(self.epoch * 1000 + draw)
+        return [[i + self.offsets[task] for i in b] for b in grouped if len(b) == self.batch_size]
+
     def __iter__(self):
-        rng = np.random.default_rng([self.seed, self.epoch, 1])
-        orders, cursors = [rng.permutation(n) for n in self.sizes], [0] * len(self.sizes)
+        passes = [0] * len(self.sizes)
+        queues = [self._task_batches(t, 0) for t in range(len(self.sizes))]
         for task in self.task_order():
-            if cursors[task] + self.batch_size > self.sizes[task]:
-                orders[task], cursors[task] = rng.permutation(self.sizes[task]), 0
-            rows = orders[task][cursors[task]:cursors[task] + self.batch_size]
-            cursors[task] += self.batch_size
-            yield (rows + self.offsets[task]).tolist()
+            if not queues[task]:
+                passes[task] += 1
+                queues[task] = self._task_batches(task, passes[task])
+            yield queues[task].pop(0)
 
 
 def train_loader(datasets: list, collates: list, batch_size: int, sampling: str, temperature: float, seed: int):
     """The multitask train DataLoader (``TaskBatches`` over ``TaskDatasets``); DataError-free: sizes are checked by
     the caller (a task with fewer train rows than ``batch_size`` would have no batch)."""
-    batches = TaskBatches([len(d) for d in datasets], batch_size, sampling, temperature, seed)
+    lengths = [d["length"][:] if "length" in d.column_names else None for d in datasets]
+    batches = TaskBatches([len(d) for d in datasets], batch_size, sampling, temperature, seed, lengths)
     return torch.utils.data.DataLoader(TaskDatasets(datasets), batch_sampler=batches, collate_fn=TaskCollate(collates),
                                        generator=torch.Generator().manual_seed(seed))
 

@@ -99,11 +99,12 @@ def test_empty_split_is_named_before_the_model_loads(tiny_model, two_sets, tmp_p
 
 @settings(max_examples=40, deadline=None)
 @given(sizes=st.lists(st.integers(4, 60), min_size=2, max_size=4), batch=st.integers(1, 4), seed=st.integers(0, 99),
-       sampling=st.sampled_from(["proportional", "temperature", "round_robin"]))
-def test_each_batch_is_one_tasks_and_the_order_is_seeded(sizes, batch, seed, sampling):
-    batches = TaskBatches(sizes, batch, sampling, temperature=2.0, seed=seed)
+       sampling=st.sampled_from(["proportional", "temperature", "round_robin"]), grouped=st.booleans())
+def test_each_batch_is_one_tasks_and_the_order_is_seeded(sizes, batch, seed, sampling, grouped):
+    lengths = [[(i * 7) % 13 for i in range(n)] for n in sizes] if grouped else None  # grouped by length or not
+    batches = TaskBatches(sizes, batch, sampling, temperature=2.0, seed=seed, lengths=lengths)
     drawn = list(batches)
-    assert drawn == list(TaskBatches(sizes, batch, sampling, temperature=2.0, seed=seed))  # deterministic
+    assert drawn == list(TaskBatches(sizes, batch, sampling, temperature=2.0, seed=seed, lengths=lengths))
     assert len(drawn) == len(batches) == sum(n // batch for n in sizes)
     owners = []
     for rows in drawn:
