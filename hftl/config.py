@@ -14,102 +14,32 @@ import dataclasses
 import difflib
 import importlib.util
 import math
-import re
 import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, get_origin, get_type_hints
+from typing import Any, get_type_hints
 
 import yaml
 
+from hftl.fields import (  # noqa: F401  (ConfigError, RunDirError, SEEDS: re-exported, imported from here)
+    SEEDS,
+    ConfigError,
+    RunDirError,
+    _build,
+    _coerce,
+    _f,
+    _scalar,
+    _yaml_value,
+    check_fields,
+    in_range,
+)
 
-class ConfigError(ValueError):
-    """A configuration value or key is wrong; the message names it and what is allowed."""
-
-
-class RunDirError(ConfigError):
-    """``output_dir`` cannot take this run (a file, unwritable, another's folder, in use, a resume with other
-    settings) or a run there did not finish; the message names the folder and the fix (hftl.rundir)."""
-
-
-def _f(default: Any, help: str, choices: tuple | None = None, range: str | None = None,
-       item: type | None = None) -> Any:
-    """A documented field. ``range``: the values allowed, stated once here and checked at parse time (``>= 0``,
-    ``> 0``, ``[0, 1)``, ``(0, 1]``..., then an optional note such as ``(0: off)``); for a list, of each item.
-    ``item``: the type of a list's items."""
-    meta = {"help": help, "choices": choices, "range": range, "item": item}
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-SEEDS = "[0, 4294967295]"  # numpy refuses seeds outside [0, 2**32)
-_NUMBER = r"-?\d+(?:\.\d*)?(?:e[-+]?\d+)?"
-_RANGE = re.compile(rf"(?:(>=|>)\s*({_NUMBER})|([\[(])\s*({_NUMBER})\s*,\s*({_NUMBER})\s*([\])]))\s*(.*)")
 BUILTIN_STRATEGIES = ("linear_probe", "head", "full", "freeze_n", "lp_ft")  # registered by hftl.strategies
 SHOT_METHODS = ("prototype", "probe", "setfit", "lora", "zs_probe", "zs_prototype", "zs_setfit")  # hftl.shots
 # registered by hftl.tasks
 BUILTIN_TASKS = ("classification", "multi_label", "regression", "token_classification", "ctc", "seq2seq_asr",
                  "detection")
-
-
-def in_range(value: float, spec: str) -> bool:
-    """Whether ``value`` lies in ``spec``: ``>= a``, ``> a``, or an interval ``[a, b)``, ``(a, b]``... (a note after
-    it, such as ``(0: off)``, is ignored). NaN lies in no range.
-
-    Example:
-        >>> in_range(0.0, "[0, 1)"), in_range(1.0, "[0, 1)"), in_range(-1.0, ">= 0 (0: off)")
-        (True, False, False)
-    """
-    op, bound, left, low, high, right, _ = _RANGE.fullmatch(spec).groups()
-    if op:
-        return value >= float(bound) if op == ">=" else value > float(bound)
-    above = value >= float(low) if left == "[" else value > float(low)
-    return above and (value <= float(high) if right == "]" else value < float(high))
-
-
-def _non_finite(value: Any, key: str) -> tuple[str, float] | None:
-    """The first (key path, value) under ``value`` that is NaN or infinite, looking inside lists and dicts."""
-    if isinstance(value, float):
-        return None if math.isfinite(value) else (key, value)
-    if isinstance(value, dict):
-        items = [(f"{key}.{k}", v) for k, v in value.items()]
-    elif isinstance(value, (list, tuple)):
-        items = [(f"{key}[{i}]", v) for i, v in enumerate(value)]
-    else:
-        return None
-    return next((bad for sub, v in items if (bad := _non_finite(v, sub))), None)
-
-
-def check_fields(section: Any, prefix: str) -> None:
-    """Check each field of a config section against its own metadata: finite numbers (inside lists and dicts too),
-    ``choices``, list ``item`` types and ``range``. Sections call it when built; ``validate`` again on the whole.
-
-    Raises ConfigError naming the first bad key, e.g. ``train.max_grad_norm=-1.0 must be >= 0 (0: off)``.
-    """
-    for f in dataclasses.fields(section):
-        key, value, meta = f"{prefix}{f.name}", getattr(section, f.name), f.metadata
-        if dataclasses.is_dataclass(value):
-            continue
-        bad = _non_finite(value, key)
-        if bad:
-            raise ConfigError(f"{bad[0]}={bad[1]!r} must be a finite number: NaN and infinities are not allowed")
-        if meta.get("choices") and value not in meta["choices"]:
-            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(meta['choices'])}")
-        item, spec = meta.get("item"), meta.get("range")
-        values = value if isinstance(value, list) else [value]
-        if item and any(not isinstance(v, item) or isinstance(v, bool) for v in values):
-            raise ConfigError(f"{key}={value!r} must be a list of {item.__name__} values")
-        if not spec:
-            continue
-        if any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in values):
-            raise ConfigError(f"{key}={value!r} must be a number")
-        words = f"must be {spec}" if spec[0] == ">" else f"must be in {spec}"
-        outside = [v for v in values if not in_range(v, spec)]
-        if outside:
-            raise ConfigError(f"{key}={value!r} {words}" if value is not values else
-                              f"{key}={value!r} holds {outside[0]!r}: each value {words}")
 
 
 @lru_cache(maxsize=1)
@@ -505,6 +435,64 @@ class PretrainConfig:
             )
 
 
+MULTITASK_TASKS = ("classification", "multi_label", "regression")  # one pooled output per input: heads on one backbone
+_MULTITASK_KEYS = ("name", "weight", "task", "data", "eval", "model")
+
+
+@dataclass
+class MultitaskConfig:
+    tasks: list = _f([], "Tasks sharing one backbone (model, strategy, train), each {name, weight (its loss's factor, "
+                         "default 1), task: {...}, data: {...}, eval: {...}} with the keys of those sections (empty: "
+                         "one task, as task and data say). hftl.multitask; recipes/multitask.py.")
+    sampling: str = _f("proportional", "How each train batch's task is drawn: proportional (every task's batches "
+                                       "once per epoch, shuffled together), temperature (p_i ~ n_i^(1/T), as mT5), "
+                                       "round_robin (tasks in turn).", ("proportional", "temperature", "round_robin"))
+    temperature: float = _f(2.0, "sampling=temperature: T (1: proportional to sizes; large: uniform over tasks).",
+                            range="> 0")
+    adapter_per_task: bool = _f(False, "peft strategies: one adapter per task on the shared backbone (peft's "
+                                       "multiple adapters, switched per batch) instead of one shared adapter.")
+
+
+def multitask_entries(cfg: Any) -> list[dict]:
+    """The tasks of ``multitask.tasks``, each ``{name, weight, task: TaskConfig, data: DataConfig, eval: EvalConfig}``;
+    ConfigError naming ``multitask.tasks[i]...`` and the fix for a malformed entry, duplicate names, a model that is
+    not the shared one, a task whose output is not one per input, or fewer than two tasks."""
+    entries, names = [], set()
+    for i, raw in enumerate(cfg.multitask.tasks):
+        key = f"multitask.tasks[{i}]"
+        if not isinstance(raw, dict) or set(raw) - set(_MULTITASK_KEYS) or not str(raw.get("name") or "").strip():
+            raise ConfigError(f"{key} must be a mapping with a name and only the keys {list(_MULTITASK_KEYS)}, got "
+                              f"{raw!r}: e.g. {{name: sentiment, weight: 1.0, task: {{name: classification}}, "
+                              f"data: {{name: rotten_tomatoes}}}}")
+        name = str(raw["name"])
+        if name in names or "/" in name:
+            raise ConfigError(f"{key}.name={name!r} is {'used twice' if name in names else 'not a folder name'}: "
+                              f"give each task a distinct name without '/'")
+        names.add(name)
+        model = raw.get("model") or {}
+        if not isinstance(model, dict) or set(model) - {"name"} or model.get("name", cfg.model.name) != \
+                cfg.model.name:
+            raise ConfigError(f"{key}.model={model!r} disagrees with model.name={cfg.model.name!r}: the tasks share "
+                              f"one backbone; remove {key}.model, or set model.name for all of them")
+        weight = _coerce(raw.get("weight", 1.0), float, f"{key}.weight")
+        if not (math.isfinite(weight) and weight > 0):
+            raise ConfigError(f"{key}.weight={weight} must be a finite number > 0 (the factor of its loss)")
+        sections = {s: _build(c, raw.get(s) or {}, f"{key}.{s}.") if isinstance(raw.get(s) or {}, dict) else None
+                    for s, c in (("task", TaskConfig), ("data", DataConfig), ("eval", EvalConfig))}
+        if None in sections.values():
+            raise ConfigError(f"{key}.task, .data and .eval must be mappings of those sections' keys")
+        if sections["task"].name not in MULTITASK_TASKS:
+            raise ConfigError(f"{key}.task.name={sections['task'].name!r} has no head on a pooled backbone output: "
+                              f"multitask takes {list(MULTITASK_TASKS)}; train it alone with hftl finetune")
+        entries.append({"name": name, "weight": weight, **sections})
+    if len(entries) == 1:
+        raise ConfigError("multitask.tasks lists one task: add a second, or train it alone (task and data sections)")
+    if entries and cfg.strategy.name == "lp_ft":
+        raise ConfigError("strategy.name=lp_ft is not available with multitask.tasks: use linear_probe, head, full, "
+                          "freeze_n or a peft method")
+    return entries
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -518,6 +506,7 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     disentangle: DisentangleConfig = field(default_factory=DisentangleConfig)
+    multitask: MultitaskConfig = field(default_factory=MultitaskConfig)
     output_dir: str = field(default="runs/default", metadata={"help": "Run directory (config, metrics, model, card)."})
     overwrite: bool = _f(False, "Replace the hftl run in output_dir: only the files hftl wrote there are removed "
                                 "(a folder hftl did not make is never written into).")
@@ -555,77 +544,9 @@ def validate(cfg: Config) -> None:
     if cfg.disentangle.factor_column == cfg.data.label_column:
         raise ConfigError(f"disentangle.factor_column={cfg.disentangle.factor_column!r} is data.label_column too: set "
                           "it to the column of the second factor (e.g. speaker), different from the first")
+    multitask_entries(cfg)  # each task's sections, names and model: at parse time
     if cfg.hub.push and "/" not in cfg.hub.repo_id:
         raise ConfigError(f"hub.repo_id={cfg.hub.repo_id!r} must look like 'user/name' when hub.push=true")
-
-
-def _yaml_value(text: str, key: str) -> Any:
-    """An override's text read as YAML (``[a, b]``, ``{r: 8}``, ``true``); ConfigError naming the key if it is not."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{key}={text!r} is not a valid YAML value ({problem}); quote it or fix the brackets, "
-                          f"e.g. {key}=[a,b]") from None
-
-
-def _scalar(value: Any, key: str = "") -> Any:
-    if not isinstance(value, str):
-        return value
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    parsed = _yaml_value(value, key) if value else value
-    return parsed if isinstance(parsed, (bool, list, dict)) or parsed is None else value
-
-
-def _coerce(value: Any, typ: Any, key: str) -> Any:
-    origin = get_origin(typ) or typ
-    if origin is str and isinstance(value, bool):  # a switch with more than two values: true/false/auto
-        value = str(value).lower()
-    if origin is bool and isinstance(value, str):
-        if value.lower() in ("true", "1", "yes"):
-            return True
-        if value.lower() in ("false", "0", "no"):
-            return False
-    elif isinstance(value, str) and origin in (int, float):
-        try:
-            value = origin(value)
-        except ValueError:
-            raise ConfigError(f"{key}={value!r} must be of type {origin.__name__}") from None
-    elif isinstance(value, str) and origin in (list, dict):
-        value = _yaml_value(value, key) if value else origin()
-    if origin is dict and isinstance(value, dict):  # overrides such as strategy.peft.r=16 arrive as text
-        value = {k: _scalar(v, f"{key}.{k}") for k, v in value.items()}
-    if origin is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, origin) or (origin is int and isinstance(value, bool)):
-        raise ConfigError(f"{key}={value!r} must be of type {getattr(origin, '__name__', origin)}")
-    return value
-
-
-def _build(cls: type, data: dict, prefix: str) -> Any:
-    hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        if key not in names:
-            key = str(key)  # YAML keys may be numbers or null
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
-            raise ConfigError(f"unknown config key {prefix + key!r}{hint}; valid keys: {sorted(names)}")
-        typ = hints[key]
-        if dataclasses.is_dataclass(typ):
-            if not isinstance(value, dict):
-                raise ConfigError(
-                    f"{prefix}{key} must be a mapping of {sorted(f.name for f in dataclasses.fields(typ))}"
-                )
-            kwargs[key] = _build(typ, value, f"{prefix}{key}.")
-        else:
-            kwargs[key] = _coerce(value, typ, f"{prefix}{key}")
-    return cls(**kwargs)
 
 
 def _set_path(tree: dict, dotted: str, value: str) -> None:

@@ -39,8 +39,8 @@ HIDDEN = ".hftl"  # hftl's own bookkeeping: lock, manifest, staging
 KILL_ENV = "HFTL_TEST_KILL_AT"
 # What recipes write at the top of a run: one of these that hftl did not write would be replaced, so it is refused.
 OUTPUT_NAMES = ("config.yaml", "metrics.json", "README.md", "model", "merged", "pretrained", "full", "ladder.png",
-                "selection.json", "selection.png")
-RESUME_SECTIONS = ("model", "data", "strategy", "train", "eval", "pretrain", "shots")
+                "selection.json", "selection.png", "tasks")
+RESUME_SECTIONS = ("model", "data", "strategy", "train", "eval", "pretrain", "shots", "multitask")
 RESUME_FREE = {"train.resume", "train.num_workers", "train.keep_checkpoints", "train.checkpoint_every"}
 _HELD: dict[Path, RunDir] = {}  # folders this process holds: a recipe run by a recipe shares its claim
 

@@ -40,6 +40,10 @@ def main(cfg: Config) -> dict:
         from hftl.recipes.detect import main as detect
 
         return detect(cfg)
+    if cfg.multitask.tasks:  # several tasks on one backbone (recipes/multitask.py)
+        from hftl.recipes.multitask import main as multitask
+
+        return multitask(cfg)
     # the task (task.name), its metrics and metric_for_best, before any compute (else they fail at the first
     # evaluation)
     task = get_task(cfg.task.name)
