@@ -166,6 +166,21 @@ def _test_scores(run: Path, name: str, cfg) -> dict:
     return task.scores(logits, labels, one.eval.metrics, model.config)
 
 
+# A task saved alone, loaded by transformers' Auto class in a process that never imports hftl: logits as JSON.
+PLAIN_LOAD = """
+import json, sys
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+model = AutoModelForSequenceClassification.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+batch = AutoTokenizer.from_pretrained(sys.argv[1])(["good great film", "bad awful plot"], padding=True,
+                                                  return_tensors="pt")
+with torch.no_grad():
+    logits = model(**batch).logits
+assert not [m for m in sys.modules if m.split(".")[0] == "hftl"], "hftl was imported"
+print(json.dumps(logits.tolist()))
+"""
+
+
 @pytest.mark.parametrize("strategy", ["full", "lora-per-task"])
 def test_two_tasks_train_and_each_loads_alone(tiny_model, two_sets, tmp_path, strategy):
     extra = ["strategy.name=lora", "multitask.adapter_per_task=true"] if strategy != "full" else ["strategy.name=full"]
@@ -198,6 +213,15 @@ def test_two_tasks_train_and_each_loads_alone(tiny_model, two_sets, tmp_path, st
             alone = hftl.load(tmp_path / "run" / "tasks" / name)[0]
             torch.testing.assert_close(whole(task=torch.tensor([i, i]), **inputs).logits, alone(**inputs).logits,
                                        rtol=1e-4, atol=1e-5)  # the adapter merged: rounding
+    for name in ("sent", "topic"):  # each task alone loads with transformers' own loader, hftl never imported
+        out = subprocess.run([sys.executable, "-c", PLAIN_LOAD, str(tmp_path / "run" / "tasks" / name / "model")],
+                             env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        with torch.no_grad():
+            expected = hftl.load(tmp_path / "run" / "tasks" / name)[0](**inputs).logits
+        torch.testing.assert_close(torch.tensor(json.loads(out.stdout.strip().splitlines()[-1])), expected,
+                                   rtol=1e-4, atol=1e-5)
     predicted = hftl.predict(tmp_path / "run" / "tasks" / "topic", ["good great film", "bad awful plot"])
     assert {p["label"] for p in predicted} <= {"pos", "neg", "neutral"}
     card = (tmp_path / "run" / "README.md").read_text()

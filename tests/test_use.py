@@ -60,13 +60,16 @@ def _run(tiny_cfg, tmp_path, strategy: str, *extra: str) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tiny_model, tiny_csv, tmp_path_factory) -> dict[str, Path]:
-    """A full run and a LoRA run (merged export too) of the tiny model, made once."""
+    """A full run, a LoRA run (merged export too) and LP-FT runs (probe, then full or LoRA) of the tiny model, made
+    once."""
     out = {}
-    for strategy in ("full", "lora"):
-        root = tmp_path_factory.mktemp(strategy)
+    for name, strategy, extra in (("full", "full", ()), ("lora", "lora", ()),
+                                  ("lp_ft", "lp_ft", ("strategy.probe_epochs=3",)),
+                                  ("lp_ft_lora", "lp_ft", ("strategy.probe_epochs=3", "strategy.after_probe=lora"))):
+        root = tmp_path_factory.mktemp(name)
         cfg = [f"model.name={tiny_model}", f"data.name={tiny_csv}", "data.validation_size=0.2",
                "data.test_size=0.2", "train.batch_size=8", "train.lr=3e-3", f"output_dir={root / 'run'}"]
-        out[strategy] = _run(cfg, root, strategy, "strategy.merge=true")
+        out[name] = _run(cfg, root, strategy, "strategy.merge=true", *extra)
     return out
 
 
@@ -111,6 +114,9 @@ CASES = {  # (run, folder) -> loaders that must load it
     ("full", "model"): ("transformers", "pipeline"),
     ("lora", "model"): ("transformers", "peft", "pipeline"),
     ("lora", "merged"): ("transformers", "pipeline"),
+    ("lp_ft", "model"): ("transformers", "pipeline"),  # LP-FT saves as what followed its probe
+    ("lp_ft_lora", "model"): ("transformers", "peft", "pipeline"),
+    ("lp_ft_lora", "merged"): ("transformers", "pipeline"),
 }
 
 
