@@ -348,7 +348,7 @@ def model_card(cfg, metrics: dict, about: dict, adapted) -> str:
     shared = "the backbone" + (" and one LoRA-style adapter" if about["adapters"] == [SHARED_ADAPTER] else "")
     own = "its head" + (" and its own adapter" if len(about["adapters"]) > 1 else "")
     rows = "\n".join(f"| {n} | {metrics['tasks'][n]['classes']} | {about['weights'][n]:g} | "
-                     f"{json.dumps({k: round(v, 4) for k, v in metrics['test'][n].items()})} |"
+                     f"{', '.join(f'{k} {v:.4f}' for k, v in metrics['test'][n].items())} |"
                      for n in about["tasks"])
     return f"""---
 base_model: {cfg.model.name}
