@@ -224,7 +224,10 @@ def test_two_processes_match_one(whisper, wav2vec2, clips, tmp_path, task):
     assert "effective batch 4 = 2 per process x 2 processes" in out.stdout
     one = main(load_config(None, args(tmp_path / "one")))
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
-    assert_same_run(one, two, tmp_path / "one", tmp_path / "two", rtol=RTOL_PROCESSES, atol=1e-6)
+    # weights within 5e-5: the gradient all-reduce sums in another order, and Adam's normalisation lets that float
+    # noise move an element with a near-zero gradient by a sliver of a step (seen: 1e-5 on 7 of 25k elements on
+    # one CPU); a wrong batch, step or scale moves many elements by a whole step (lr 3e-4) and still fails
+    assert_same_run(one, two, tmp_path / "one", tmp_path / "two", rtol=RTOL_PROCESSES, atol=1e-6, weight_atol=5e-5)
     assert [r["predicted"] for r in _rows(tmp_path / "one" / "predictions.jsonl")] == [
         r["predicted"] for r in _rows(tmp_path / "two" / "predictions.jsonl")]
 
