@@ -132,6 +132,27 @@ def test_kendall_and_slug():
     assert slug("/tmp/x/../org/model") == "org--model"
 
 
+def test_figure_names_tell_hftl_runs_apart(tmp_path, monkeypatch):
+    """hftl runs all end in model/ (and masked stages in pretrained/): the figure names each point by as many last
+    path parts as tell it from the others, not four points called "model"."""
+    from matplotlib.axes import Axes
+
+    from hftl.selection import plot_selection, short_names
+
+    names = ["/r/fashion-3ep/model", "/r/fashion-1ep/model/", "sentence-transformers/all-MiniLM-L6-v2", "/r/random-4"]
+    assert short_names(names) == ["fashion-3ep/model", "fashion-1ep/model", "all-MiniLM-L6-v2", "random-4"]
+    assert short_names(["/a/" + "x" * 40]) == ["..." + "x" * 29]
+    seen = []
+    annotate = Axes.annotate
+    monkeypatch.setattr(Axes, "annotate", lambda self, text, *a, **k: seen.append(text) or annotate(self, text, *a,
+                                                                                                     **k))
+    rows = [{"name": n, "scores": {"logme": i, "knn": 0.5, "leep": None}, "finetune": {"measured": 0.1 * i}}
+            for i, n in enumerate(names)]
+    plot_selection({"candidates": rows, "knn_k": 5, "kendall_tau": {"logme": 1.0, "knn": None, "leep": None},
+                    "finetune": {"strategy": "linear_probe", "metric": "accuracy"}}, tmp_path / "s.png")
+    assert seen[:4] == short_names(names) and (tmp_path / "s.png").stat().st_size > 1000
+
+
 # --- the command, on tiny models ------------------------------------------------------------------------------
 
 
