@@ -26,11 +26,12 @@ Candidates (built once under ``<out>/models``, reused by a rerun), all of script
 Stages, per seed (``train.seed``: head initialisation and batch order): ``probe``: ``hftl select --finetune
 linear_probe`` with the script's probe settings (60 epochs, lr 1e-2); ``full``: ``hftl select --finetune full`` with
 the config's settings (15 epochs, lr 1e-3, batch 16, cosine). Each writes
-``<out>/<stage>-<labels>-<seed>/selection.json``. Results: ``--results`` (default
-bench/results/model_selection_vision.json): per candidate the scores, the test accuracy per seed and its mean,
-Kendall's tau of each score with the mean accuracy and with each seed's, and the seconds of the selection against
-those of fine-tuning every candidate; figures ``docs/figures/select-vision-{linear_probe,full}.png`` (each score
-against the mean test accuracy).
+``<out>/<stage>-<labels>-<seed>/selection.json``. The feature cache is ``<out>/feature-cache-<labels>``, emptied at
+the start: the first selection computes its features, later ones and the probes read them. Results: ``--results``
+(default bench/results/model_selection_vision.json): per candidate the scores, the test accuracy per seed and its
+mean, Kendall's tau of each score with the mean accuracy (with scipy's p-value) and with each seed's, and the seconds
+of the selection against those of fine-tuning every candidate; figures
+``docs/figures/select-vision-{linear_probe,full}.png`` (each score against the mean test accuracy).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -194,6 +196,9 @@ def main() -> None:
     from hftl.selection import main as select
 
     out = Path(args.out).absolute()
+    cache = out / f"feature-cache-{args.labels}"  # emptied: the first selection computes its features
+    shutil.rmtree(cache, ignore_errors=True)
+    os.environ["HFTL_CACHE"] = str(cache)
     start = time.perf_counter()
     labels, made = build_candidates(out / "models")
     sources_seconds = time.perf_counter() - start
