@@ -171,6 +171,20 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", "--".join(parts)) or "candidate"
 
 
+def short_names(names: list[str]) -> list[str]:
+    """Labels for the figure: each candidate's last path part, or as many last parts as tell it from the others
+    (hftl runs all end in ``model``, masked stages in ``pretrained``); at most 32 characters, the end kept."""
+    parts = [[p for p in re.split(r"[\\/]+", n) if p not in ("", ".")] or [n] for n in names]
+    labels = []
+    for i, own in enumerate(parts):
+        for k in range(1, len(own) + 1):
+            label = "/".join(own[-k:])
+            if all("/".join(other[-k:]) != label for j, other in enumerate(parts) if j != i):
+                break
+        labels.append(label if len(label) <= 32 else "..." + label[-29:])
+    return labels
+
+
 def _describe(err: BaseException) -> str:
     """One line for a candidate's failure: hftl's own errors as written (they name the fix), others with their type."""
     line = " ".join(str(err).split())[:400]
@@ -344,15 +358,15 @@ def plot_selection(result: dict, path: str | Path) -> None:
     panels = [s for s in SCORES if any(r["scores"][s] is not None for r in rows)]
     fig = Figure(figsize=(4.2 * max(len(panels), 1), 3.8), layout="constrained")
     FigureCanvasAgg(fig)
+    labels = short_names([r["name"] for r in rows])  # four hftl runs are not four points named "model"
     names = {"logme": "LogME", "knn": f"kNN accuracy (k={result['knn_k']})", "leep": "LEEP"}
     for i, score in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
-        points = [(r["scores"][score], r["finetune"]["measured"], r["name"]) for r in rows
+        points = [(r["scores"][score], r["finetune"]["measured"], label) for r, label in zip(rows, labels, strict=True)
                   if r["scores"][score] is not None]
         ax.scatter([p[0] for p in points], [p[1] for p in points])
-        for x, y, name in points:
-            ax.annotate(re.split(r"[\\/]", name.rstrip("/"))[-1][:26], (x, y), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
+        for x, y, label in points:
+            ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.margins(x=0.25)  # room for the names
         tau = result["kendall_tau"].get(score)
         ax.set_title(f"{names[score]}: Kendall's tau {'n/a' if tau is None else f'{tau:+.2f}'}", fontsize=9)

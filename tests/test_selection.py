@@ -132,6 +132,27 @@ def test_kendall_and_slug():
     assert slug("/tmp/x/../org/model") == "org--model"
 
 
+def test_figure_names_tell_hftl_runs_apart(tmp_path, monkeypatch):
+    """hftl runs all end in model/ (and masked stages in pretrained/): the figure names each point by as many last
+    path parts as tell it from the others, not four points called "model"."""
+    from matplotlib.axes import Axes
+
+    from hftl.selection import plot_selection, short_names
+
+    names = ["/r/fashion-3ep/model", "/r/fashion-1ep/model/", "sentence-transformers/all-MiniLM-L6-v2", "/r/random-4"]
+    assert short_names(names) == ["fashion-3ep/model", "fashion-1ep/model", "all-MiniLM-L6-v2", "random-4"]
+    assert short_names(["/a/" + "x" * 40]) == ["..." + "x" * 29]
+    seen = []
+    annotate = Axes.annotate
+    monkeypatch.setattr(Axes, "annotate", lambda self, text, *a, **k: seen.append(text) or annotate(self, text, *a,
+                                                                                                     **k))
+    rows = [{"name": n, "scores": {"logme": i, "knn": 0.5, "leep": None}, "finetune": {"measured": 0.1 * i}}
+            for i, n in enumerate(names)]
+    plot_selection({"candidates": rows, "knn_k": 5, "kendall_tau": {"logme": 1.0, "knn": None, "leep": None},
+                    "finetune": {"strategy": "linear_probe", "metric": "accuracy"}}, tmp_path / "s.png")
+    assert seen[:4] == short_names(names) and (tmp_path / "s.png").stat().st_size > 1000
+
+
 # --- the command, on tiny models ------------------------------------------------------------------------------
 
 
@@ -229,3 +250,65 @@ def test_select_refuses_tasks_its_scores_do_not_read(tmp_path):
     cfg = load_config(None, ["task.name=regression", "select.candidates=[a, b]", f"output_dir={tmp_path / 's'}"])
     with pytest.raises(ConfigError, match="task.name=classification .* not task.name=regression"):
         check(cfg)
+
+
+# --- images: ViTs as candidates ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vision_candidates(tmp_path_factory):
+    """Two classes of 16x16 images told apart by brightness (an image folder), and three tiny ViTs: random weights,
+    the same shape trained a few steps on those classes and saved as an hftl model (a source head: 3 labels), and a
+    ``ViTForImageClassification`` checkpoint (a transformers source head)."""
+    import torch
+    from PIL import Image
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil, ViTModel
+
+    from hftl.modeling import HftlForClassification
+
+    root = tmp_path_factory.mktemp("vision-select")
+    rng = np.random.default_rng(0)
+    for label, level in (("dark", 70), ("light", 185)):
+        (root / "images" / label).mkdir(parents=True)
+        for i in range(20):
+            array = np.clip(rng.normal(level, 40, (16, 16)), 0, 255).astype(np.uint8)
+            Image.fromarray(array).save(root / "images" / label / f"{i}.png")
+    config = ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                       image_size=16, patch_size=8, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    processor = ViTImageProcessorPil(size={"height": 16, "width": 16})
+    torch.manual_seed(0)
+    ViTModel(config, add_pooling_layer=False).save_pretrained(root / "random")
+    torch.manual_seed(1)
+    hftl_model = HftlForClassification.from_backbone(ViTModel(config, add_pooling_layer=False), 3, pooling="cls",
+                                                      id2label={0: "a", 1: "b", 2: "c"})
+    hftl_model.save_pretrained(root / "hftl-run")
+    torch.manual_seed(2)
+    headed = ViTForImageClassification(ViTConfig(**config.to_dict(), num_labels=4))
+    headed.save_pretrained(root / "vit-headed")
+    for name in ("random", "hftl-run", "vit-headed"):
+        processor.save_pretrained(root / name)
+    return str(root / "images"), [str(root / n) for n in ("random", "hftl-run", "vit-headed")]
+
+
+def test_select_ranks_vits_on_an_image_folder(vision_candidates, tmp_path, capsys):
+    """hftl select on images: every ViT scored on the same train images (no augmentation: the features are the
+    cache's), LEEP for the two with a source head (an hftl model, a ViTForImageClassification), then linear probes
+    and Kendall's tau."""
+    images, names = vision_candidates
+    assert cli.main(["select", "--candidates", ",".join(names), f"data.name={images}", "data.validation_size=0.2",
+                     "data.test_size=0.2", "train.eval_batch_size=8", "--finetune", "linear_probe", "train.epochs=3",
+                     "train.batch_size=8", "eval.baselines=false", "eval.report=false",
+                     f"output_dir={tmp_path / 'sel'}"]) == 0
+    result = json.loads((tmp_path / "sel" / "selection.json").read_text(), parse_constant=pytest.fail)
+    rows = {r["name"]: r for r in result["candidates"]}
+    assert set(rows) == set(names) and not any("error" in r for r in rows.values())
+    for row in rows.values():
+        assert row["cost"]["features"]["examples"] == 24 and row["cost"]["features"]["width"] == 16
+        assert math.isfinite(row["scores"]["logme"]) and 0 <= row["scores"]["knn"] <= 1
+        assert 0 <= row["finetune"]["measured"] <= 1
+    random, hftl_run, headed = names
+    assert rows[random]["scores"]["leep"] is None and "no source classification head" in capsys.readouterr().out
+    assert rows[hftl_run]["scores"]["leep"] <= 0 and rows[headed]["scores"]["leep"] <= 0
+    assert sorted(result["ranking"]["leep"]) == sorted([hftl_run, headed])
+    assert set(result["kendall_tau"]) == {"logme", "knn", "leep"}
+    assert (tmp_path / "sel" / "selection.png").stat().st_size > 1000
