@@ -2,14 +2,14 @@
 
     OMP_NUM_THREADS=1 python bench/lp_ft_rt.py --data runs/select-bench/data --out runs/lpft [--labels 64 256]
 
-``--data``: the CSV files bench/model_selection.py writes (Rotten Tomatoes deduped; validation 300 stratified snippets
-for the best epoch, test all 1,276). Each arm trains on the same ``data.max_train_samples`` stratified snippets
-(the seeds vary the head's initialisation, the order and dropout; the sample is drawn with data.split_seed 0):
-``full`` is minilm-rt-full.yaml (lr 5e-5, head lr 1e-3, batch 32); ``lora`` is minilm-rt-lora.yaml (r 8, lr 5e-4,
-head lr 1e-3); ``lp_ft`` probes the head on cached features (``strategy.probe_epochs=100``, ``probe_lr=1e-2``), then
-fine-tunes everything from it with lr 5e-5 for head and backbone alike (``train.head_lr=0``), as Kumar et al. 2022 do.
-Epochs: 10 with 64 labels, 6 with 256. Runs go seed by seed, so a cut run still has whole seeds; ``--results`` is
-rewritten after each run.
+``--data``: the CSV files bench/model_selection.py writes, made here when missing (Rotten Tomatoes deduped;
+validation 300 stratified snippets for the best epoch, test all 1,276). Each arm trains on the same
+``data.max_train_samples`` stratified snippets (the seeds vary the head's initialisation, the order and dropout; the
+sample is drawn with data.split_seed 0): ``full`` is minilm-rt-full.yaml (lr 5e-5, head lr 1e-3, batch 32); ``lora``
+is minilm-rt-lora.yaml (r 8, lr 5e-4, head lr 1e-3); ``lp_ft`` probes the head on cached features
+(``strategy.probe_epochs=100``, ``probe_lr=1e-2``), then fine-tunes everything from it with lr 5e-5 for head and
+backbone alike (``train.head_lr=0``), as Kumar et al. 2022 do. Epochs: 10 with 64 labels, 6 with 256. Runs go seed
+by seed, so a cut run still has whole seeds; ``--results`` is rewritten after each run.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -45,7 +46,10 @@ def main() -> None:
     from hftl.config import load_config
 
     data = Path(args.data).absolute()
-    files = {s: str(data / f"rt-{s}.csv") for s in ("train", "validation", "test")}
+    sys.path.insert(0, str(ROOT / "bench"))
+    from model_selection import write_data  # the same CSV files as model_selection's (made here when missing)
+
+    files = write_data(data)
     results = {"command": f"OMP_NUM_THREADS=1 python bench/lp_ft_rt.py --data {args.data} --out {args.out} "
                           f"--labels {' '.join(map(str, args.labels))} --seeds {' '.join(map(str, args.seeds))}",
                "machine": "2-core shared CPU (other jobs running), "
