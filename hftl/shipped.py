@@ -14,7 +14,10 @@ import re
 from pathlib import Path
 
 CONFIGS = Path(__file__).resolve().parent.parent / "recipes" / "configs"  # a source checkout
-_NEEDS = re.compile(r"^python |\bNeeds\b|apt-get install|pip install|\(pip ", re.IGNORECASE)
+_ENV = re.compile(r"^(?:[A-Z_][A-Z0-9_]*=\S*\s+)+")  # OMP_NUM_THREADS=1 ... before a command
+_RUNS = ("hftl ", "accelerate launch ", "python recipes/", "python -m hftl")
+_TOOLS = ("python ", "bash ", "apt-get ", "pip ")
+_INSTALL = re.compile(r"\b(?:apt-get|pip) install [^),;]+|\(pip ([\w.=<>-]+)\)")
 
 
 def _configs_dir() -> Path:
@@ -28,19 +31,44 @@ def _configs_dir() -> Path:
     return CONFIGS
 
 
+def _commands(line: str) -> list[str]:
+    """The shell commands a comment line holds (``a && b``: both), its trailing ``  # note`` dropped; [] for prose."""
+    parts = [part.strip() for part in line.split("  #")[0].split("&&")]
+    return [part for part in parts if _ENV.sub("", part).startswith(_TOOLS + _RUNS)] if parts and \
+        _ENV.sub("", parts[0]).startswith(_TOOLS + _RUNS) else []
+
+
 def describe_config(path: Path) -> dict:
-    """``{"name", "command", "about", "needs"}`` from a config's leading comment lines."""
+    """``{"name", "command", "about", "needs"}`` from a config's leading comment lines: ``command`` the first one
+    that runs it (``hftl ...``, ``accelerate launch ...``, ``python recipes/...``, an environment prefix allowed),
+    ``needs`` the commands before it and the installs and "Needs ..." the prose names, ``about`` the first prose line.
+
+    Example:
+        >>> _commands("python bench/task_data.py && OMP_NUM_THREADS=1 hftl finetune --config c.yaml  # note")
+        ['python bench/task_data.py', 'OMP_NUM_THREADS=1 hftl finetune --config c.yaml']
+    """
     lines = []
     for line in path.read_text().splitlines():
         if not line.startswith("#"):
             break
         lines.append(line.lstrip("#").strip())
-    command = next((line.split("#")[0].strip() for line in lines if line.startswith("hftl ")), "")
-    needs = [line.split("  #")[0].strip() if line.startswith("python ") else line
-             for line in lines if _NEEDS.search(line) and not line.startswith("hftl ")]
-    about = next((line for line in lines if not line.startswith(("hftl ", "python "))), "")
+    command, needs, about = "", [], ""
+    for line in lines:
+        commands = _commands(line)
+        for cmd in commands:
+            if not command and _ENV.sub("", cmd).startswith(_RUNS):
+                command = cmd
+            elif not _ENV.sub("", cmd).startswith(_RUNS):
+                needs.append(cmd)
+        if commands:
+            continue
+        about = about or line
+        needs += [m.group(0).rstrip(" .") if not m.group(1) else f"pip install {m.group(1)}"
+                  for m in _INSTALL.finditer(line)]
+        if "Needs " in line:
+            needs.append(line[line.index("Needs "):])
     return {"name": path.relative_to(path.parent.parent).as_posix(), "path": str(path), "command": command,
-            "about": about, "needs": needs}
+            "about": about, "needs": list(dict.fromkeys(needs))}
 
 
 def shipped_configs() -> list[dict]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -397,6 +398,14 @@ def test_configs_lists_every_shipped_config_and_what_it_needs_first():
         first = next(line for line in blocks[at:] if line.strip().startswith("first:"))
         if "python scripts/" in path.read_text().split("\n\n")[0]:  # made by a script: said before anything else
             assert "python scripts/" in first, (name, first)
+        run = next(line for line in blocks[at:] if line.strip().startswith("run:"))
+        assert re.search(r"(hftl|accelerate launch|python recipes/)\S* ", run), (name, run)  # every config runs
+    from hftl.shipped import shipped_configs
+
+    for config in shipped_configs():  # what comes first: commands, installs and "Needs ..." only, never prose
+        for need in config["needs"]:
+            assert re.match(r"([A-Z_]+=\S+ )*(python|bash|apt-get install|pip install) |Needs ", need), \
+                (config["name"], need)
     at = blocks.index("text/minilm-rt-linear_probe.yaml")  # the demo's config needs nothing first
     assert blocks[at + 3].strip().startswith("first: nothing"), blocks[at:at + 4]
 
