@@ -151,23 +151,10 @@ def apply_multitask_strategy(model: MultitaskModel, cfg: StrategyConfig, adapter
 def _peft_config(model: MultitaskModel, cfg: StrategyConfig):
     """The peft method's config as ``hftl.strategies.peft_strategy`` makes it (its default target modules), without
     ``modules_to_save``: the heads are the multitask model's, outside the backbone."""
-    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+    from hftl.strategies import default_target_modules, make_peft_config, peft_config_args
 
-    from hftl.strategies import default_target_modules
-
-    method = "lora" if cfg.name == "dora" else cfg.name
-    config_cls = {str(getattr(k, "value", k)).lower(): v for k, v in PEFT_TYPE_TO_CONFIG_MAPPING.items()}[method]
-    args = dict(cfg.peft)
-    if cfg.name == "dora":
-        args.setdefault("use_dora", True)
-    fields = getattr(config_cls, "__dataclass_fields__", {})
-    if "target_modules" in fields and not args.get("target_modules"):
-        args["target_modules"] = default_target_modules(model, method)
-    unknown = sorted(set(args) - set(fields))
-    if unknown:
-        raise ConfigError(f"strategy.peft has keys that {config_cls.__name__} does not take: {unknown}; "
-                          f"valid: {sorted(k for k in fields if not k.startswith('_'))}")
-    return config_cls(**args)
+    config_cls, _, args = peft_config_args(cfg, lambda method: default_target_modules(model, method))
+    return make_peft_config(config_cls, args)
 
 
 class TaskDatasets(torch.utils.data.Dataset):

@@ -236,9 +236,10 @@ def default_target_modules(model: nn.Module, method: str) -> list[str]:
     raise ConfigError(f"no layer for an adapter found in a {model_type} backbone: set strategy.peft.target_modules")
 
 
-def peft_strategy(model: nn.Module, cfg: StrategyConfig) -> Adapted:
-    """Any peft method by name (``dora`` is LoRA with ``use_dora``); its arguments pass through."""
-    from peft import get_peft_model
+def peft_config_args(cfg: StrategyConfig, default_targets: Callable[[str], list]) -> tuple[type, str, dict]:
+    """peft's config class for ``strategy.name`` (``dora`` is LoRA with ``use_dora``), the peft method's name, and
+    its arguments: ``strategy.peft``, with ``default_targets(method)`` as the target modules when none are given.
+    Shared by every peft strategy (classifiers, detectors, multitask backbones)."""
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
     method = "lora" if cfg.name == "dora" else cfg.name
@@ -246,21 +247,39 @@ def peft_strategy(model: nn.Module, cfg: StrategyConfig) -> Adapted:
     args = dict(cfg.peft)
     if cfg.name == "dora":
         args.setdefault("use_dora", True)
-    fields = getattr(config_cls, "__dataclass_fields__", {})
-    if "target_modules" in fields and not args.get("target_modules"):
-        args["target_modules"] = default_target_modules(model, method)
-    if "feedforward_modules" in fields and "feedforward_modules" not in args:  # (IA)3: scale inputs of these
-        default = _peft_table(method, "FEEDFORWARD_MODULES").get(backbone_of(model).config.model_type, [])
-        args["feedforward_modules"] = [m for m in default if m in args["target_modules"]]
-    head = head_name(model)
-    args["modules_to_save"] = sorted(set(args.get("modules_to_save") or []) | ({head} if head else set()))
+    if "target_modules" in _peft_fields(config_cls) and not args.get("target_modules"):
+        args["target_modules"] = default_targets(method)
+    return config_cls, method, args
+
+
+def _peft_fields(config_cls: type) -> dict:
+    return getattr(config_cls, "__dataclass_fields__", {})
+
+
+def make_peft_config(config_cls: type, args: dict):
+    """``config_cls(**args)``; ConfigError naming the keys of ``strategy.peft`` it does not take, and the valid."""
+    fields = _peft_fields(config_cls)
     unknown = sorted(set(args) - set(fields))
     if unknown:
         raise ConfigError(
             f"strategy.peft has keys that {config_cls.__name__} does not take: {unknown}; "
             f"valid: {sorted(k for k in fields if not k.startswith('_'))}"
         )
-    peft_config = config_cls(**args)
+    return config_cls(**args)
+
+
+def peft_strategy(model: nn.Module, cfg: StrategyConfig) -> Adapted:
+    """Any peft method by name (``dora`` is LoRA with ``use_dora``); its arguments pass through."""
+    from peft import get_peft_model
+
+    config_cls, method, args = peft_config_args(cfg, lambda method: default_target_modules(model, method))
+    fields = _peft_fields(config_cls)
+    if "feedforward_modules" in fields and "feedforward_modules" not in args:  # (IA)3: scale inputs of these
+        default = _peft_table(method, "FEEDFORWARD_MODULES").get(backbone_of(model).config.model_type, [])
+        args["feedforward_modules"] = [m for m in default if m in args["target_modules"]]
+    head = head_name(model)
+    args["modules_to_save"] = sorted(set(args.get("modules_to_save") or []) | ({head} if head else set()))
+    peft_config = make_peft_config(config_cls, args)
     freeze_norm_statistics(backbone_of(model))
     peft_model = get_peft_model(model, peft_config)
     return Adapted(peft_model, cfg.name, frozen=["backbone (except adapters)"], peft_config=peft_config.to_dict())

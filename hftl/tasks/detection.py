@@ -184,23 +184,13 @@ def apply_strategy(model: nn.Module, cfg):
 
 def _peft(model: nn.Module, cfg):
     from peft import get_peft_model
-    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
-    from hftl.strategies import Adapted, freeze_norm_statistics
+    from hftl.strategies import Adapted, freeze_norm_statistics, make_peft_config, peft_config_args
 
-    method = "lora" if cfg.name == "dora" else cfg.name
-    config_cls = {str(getattr(k, "value", k)).lower(): v for k, v in PEFT_TYPE_TO_CONFIG_MAPPING.items()}[method]
-    args = dict(cfg.peft)
-    if cfg.name == "dora":
-        args.setdefault("use_dora", True)
-    fields = getattr(config_cls, "__dataclass_fields__", {})
-    if "target_modules" in fields and not args.get("target_modules"):
-        args["target_modules"] = TARGET_MODULES.get(model.config.model_type, ["q_proj", "v_proj"])
+    config_cls, _, args = peft_config_args(
+        cfg, lambda _: TARGET_MODULES.get(model.config.model_type, ["q_proj", "v_proj"]))
     args["modules_to_save"] = sorted(set(args.get("modules_to_save") or []) | set(HEADS))
-    unknown = sorted(set(args) - set(fields))
-    if unknown:
-        raise ConfigError(f"strategy.peft has keys that {config_cls.__name__} does not take: {unknown}")
-    peft_config = config_cls(**args)
+    peft_config = make_peft_config(config_cls, args)
     freeze_norm_statistics(model)
     peft_model = get_peft_model(model, peft_config)
     return Adapted(peft_model, cfg.name, frozen=["detector (except adapters and heads)"],
